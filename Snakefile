@@ -1,0 +1,22 @@
+# morphobench: Cell Painting screens from raw images to reproducible benchmark tables.
+#   snakemake --cores all                       everything for config/config.yaml
+#   snakemake results/jump_retrieval.tsv        one table
+#   snakemake --profile profiles/slurm          on a SLURM cluster
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/resources.smk"
+include: "workflow/rules/simulate.smk"
+include: "workflow/rules/figures.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,49 @@
+# Shared helpers: config validation (with defaults), dataset/plate lists, target lists.
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+# The package lives in src/; make it importable for the DAG helpers even before `pip install -e .`.
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
+from morphobench.workflow_helpers import (  # noqa: E402
+    dataset_plates,
+    resource_tables,
+)
+
+validate(config, schema="../schemas/config.schema.yaml", set_default=True)
+
+RES = config["resources"]["dir"]
+DATASETS = list(config["datasets"])
+LOGS = "logs"
+BENCH = "benchmarks/out"
+
+
+def dataset_cfg(dataset):
+    try:
+        return config["datasets"][dataset]
+    except KeyError:
+        raise WorkflowError(f"dataset {dataset!r} is not configured under 'datasets:' "
+                            f"(configured: {DATASETS})")
+
+
+def plates(dataset):
+    """Plate ids of a dataset, known from the config (no checkpoint needed)."""
+    return dataset_plates(dataset_cfg(dataset))
+
+
+def as_json(obj):
+    """Shell-quoted JSON for passing a config section to `python -m morphobench.<stage>`."""
+    return shlex.quote(json.dumps(obj, sort_keys=True))
+
+
+def all_targets():
+    targets = [f"{RES}/{p}" for p in resource_tables()]
+    for ds in DATASETS:
+        targets += [f"results/{ds}/images.parquet", f"results/{ds}/wells.parquet"]
+        if dataset_cfg(ds)["loader"] == "simulated" and config["figures"]["example_sites"]:
+            targets.append(f"results/figures/example_sites_{ds}.png")
+    return targets
