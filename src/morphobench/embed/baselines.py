@@ -1,0 +1,81 @@
+"""Simple baseline "methods" (MAE-CVPR Table 3): random embeddings and pixel-intensity statistics.
+
+They make every evaluation runnable before any network is trained, and anchor the tables: a method
+that does not beat ``pixel_stats`` has learned little.
+
+- ``random``: one fixed-seed 1,024-D Gaussian vector per well. The vector depends only on
+  (seed, plate, well), not on row order, so reruns and subsets give identical values.
+- ``pixel_stats``: 30 statistics per site (REFERENCE §2): for each of the five Cell Painting
+  channels, the mean, standard deviation, median, 5th and 95th percentile of the (illumination
+  corrected, when a function is given) pixel intensities, and the fraction of pixels above the
+  channel's Otsu threshold of that image. Site vectors are averaged into wells by the aggregation
+  stage like any other method's tile/cell embeddings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+
+from morphobench.data.model import CHANNELS
+from morphobench.io import MorphobenchError
+
+PIXEL_STATS = ("mean", "std", "median", "p05", "p95", "frac_above_otsu")
+
+
+def _key_seed(seed: int, *parts: str) -> int:
+    blob = "\x1f".join([str(seed), *parts]).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little")
+
+
+def random_profiles(wells: pd.DataFrame, dim: int = 1024, seed: int = 0) -> pd.DataFrame:
+    """One N(0, 1) ``dim``-D vector per (plate, well) row of a plate map.
+
+    Returns the plate map's ``Metadata_*`` columns + ``emb_0000 …`` float32 features.
+    """
+    for col in ("Metadata_Plate", "Metadata_Well"):
+        if col not in wells.columns:
+            raise MorphobenchError(f"random_profiles: plate map lacks column {col}")
+    rows = np.empty((len(wells), dim), dtype=np.float32)
+    for i, (plate, well) in enumerate(zip(wells["Metadata_Plate"], wells["Metadata_Well"], strict=True)):
+        rng = np.random.default_rng(_key_seed(seed, str(plate), str(well)))
+        rows[i] = rng.standard_normal(dim, dtype=np.float32)
+    meta = wells[[c for c in wells.columns if c.startswith("Metadata_")]].reset_index(drop=True)
+    feats = pd.DataFrame(rows, columns=[f"emb_{j:04d}" for j in range(dim)])
+    return pd.concat([meta, feats], axis=1)
+
+
+def otsu_threshold(values: np.ndarray, nbins: int = 256) -> float:
+    """Otsu's threshold of a 1-D array (same definition as skimage.filters.threshold_otsu)."""
+    from skimage.filters import threshold_otsu
+
+    if values.min() == values.max():
+        return float(values.min())
+    return float(threshold_otsu(values, nbins=nbins))
+
+
+def pixel_stats_site(image: np.ndarray, channels: tuple[str, ...] | list[str] = CHANNELS) -> dict[str, float]:
+    """30 intensity statistics of one site ``image`` (C × H × W) → ``{feature: value}``.
+
+    Feature names are ``PixelStats_<stat>_<channel>``.
+    """
+    if image.ndim != 3 or image.shape[0] != len(channels):
+        raise MorphobenchError(f"pixel_stats_site: expected ({len(channels)}, H, W) image, got {image.shape}")
+    out: dict[str, float] = {}
+    for c, ch in enumerate(channels):
+        v = image[c].astype(np.float64, copy=False).ravel()
+        p05, med, p95 = np.percentile(v, [5, 50, 95])
+        thr = otsu_threshold(v)
+        vals = {
+            "mean": v.mean(),
+            "std": v.std(),
+            "median": med,
+            "p05": p05,
+            "p95": p95,
+            "frac_above_otsu": float((v > thr).mean()),
+        }
+        for stat in PIXEL_STATS:
+            out[f"PixelStats_{stat}_{ch}"] = float(vals[stat])
+    return out
