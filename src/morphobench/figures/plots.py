@@ -1,0 +1,122 @@
+"""Paper figures drawn from the results tables (each is a Snakemake target in figures.smk).
+
+Every function takes the long-format table(s) written by the evaluation stages and writes one PNG
+atomically. Layouts follow the papers:
+
+- :func:`recall_curves`        MAE-CVPR Fig. 5 (right): recall vs percentile threshold, per source
+- :func:`recall_by_method`     MAE-CVPR Table 3 layout: recall per source × method (grouped bars)
+- :func:`retrieval_bars`       MAE-CVPR Table 4 layout: mAP / fraction retrieved per task × method, error bars
+- :func:`r2_by_category`       MAE-CVPR Fig. 6: median R² per CellProfiler category × method
+- :func:`batch_correction_heatmap`  MAE-CVPR Table 2: recall per source × correction
+"""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from morphobench.io import MorphobenchError, atomic_path  # noqa: E402
+
+
+def _check(df: pd.DataFrame, cols: list[str], what: str) -> None:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise MorphobenchError(f"{what}: table lacks column(s) {missing}")
+    if df.empty:
+        raise MorphobenchError(f"{what}: table is empty")
+
+
+def _save(fig, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+
+
+def _label(row: pd.Series | dict, keys: list[str]) -> str:
+    return " / ".join(str(row[k]) for k in keys)
+
+
+def _grouped_bars(ax, table: pd.DataFrame, x: str, hue: list[str], y: str, err: str | None = None):
+    xs = sorted(table[x].unique())
+    hues = table[hue].drop_duplicates().sort_values(hue).to_dict("records")
+    width = 0.8 / max(1, len(hues))
+    for i, h in enumerate(hues):
+        sub = table
+        for k, v in h.items():
+            sub = sub[sub[k] == v]
+        sub = sub.set_index(x).reindex(xs)
+        pos = np.arange(len(xs)) + (i - (len(hues) - 1) / 2) * width
+        yerr = sub[err].to_numpy() if err and err in sub else None
+        ax.bar(pos, sub[y].to_numpy(), width, yerr=yerr, capsize=2, label=_label(h, hue))
+    ax.set_xticks(np.arange(len(xs)), xs, rotation=30, ha="right")
+    ax.set_ylabel(y)
+    ax.legend(fontsize=7, frameon=False)
+
+
+def recall_curves(curve: pd.DataFrame, path: str | os.PathLike) -> None:
+    """``curve``: dataset, method, correction, source, percentile, recall."""
+    _check(curve, ["dataset", "method", "correction", "source", "percentile", "recall"], "recall curve")
+    sources = sorted(curve["source"].unique())
+    fig, axes = plt.subplots(1, len(sources), figsize=(3.2 * len(sources), 3.0), squeeze=False)
+    for ax, src in zip(axes[0], sources, strict=True):
+        sub = curve[curve["source"] == src]
+        for key, g in sub.groupby(["dataset", "method", "correction"], sort=True):
+            g = g.sort_values("percentile")
+            ax.plot(g["percentile"], g["recall"], marker=".", label=" / ".join(key))
+        ax.plot([1, 20], [0.02, 0.40], ls=":", c="grey", label="random")
+        ax.set_title(src)
+        ax.set_xlabel("percentile threshold (%)")
+    axes[0][0].set_ylabel("recall")
+    axes[0][-1].legend(fontsize=6, frameon=False)
+    _save(fig, path)
+
+
+def recall_by_method(known: pd.DataFrame, path: str | os.PathLike, value: str = "recall_5_95") -> None:
+    """``known``: dataset, method, correction, source, recall_5_95 …"""
+    _check(known, ["dataset", "method", "correction", "source", value], "known relationships")
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * known["source"].nunique() + 2), 3.2))
+    _grouped_bars(ax, known, "source", ["dataset", "method", "correction"], value)
+    ax.axhline(0.10, ls=":", c="grey")
+    _save(fig, path)
+
+
+def retrieval_bars(retrieval: pd.DataFrame, path: str | os.PathLike) -> None:
+    """``retrieval``: dataset, method, correction, task, mAP, mAP_sem, fraction_retrieved."""
+    _check(retrieval, ["dataset", "method", "correction", "task", "mAP", "fraction_retrieved"], "retrieval")
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    _grouped_bars(axes[0], retrieval, "task", ["method", "correction"], "mAP", err="mAP_sem")
+    _grouped_bars(axes[1], retrieval, "task", ["method", "correction"], "fraction_retrieved")
+    axes[1].set_ylim(0, 1)
+    _save(fig, path)
+
+
+def r2_by_category(summary: pd.DataFrame, path: str | os.PathLike) -> None:
+    """``summary``: dataset, method, correction, category, median_r2."""
+    _check(summary, ["method", "correction", "category", "median_r2"], "CellProfiler regression summary")
+    fig, ax = plt.subplots(figsize=(max(4, 1.1 * summary["category"].nunique() + 2), 3.2))
+    _grouped_bars(ax, summary, "category", ["method", "correction"], "median_r2")
+    ax.set_ylabel("median R² (held-out plates)")
+    _save(fig, path)
+
+
+def batch_correction_heatmap(table: pd.DataFrame, path: str | os.PathLike, value: str = "recall_5_95") -> None:
+    """``table``: method, correction, source, recall_5_95 (one method, every correction)."""
+    _check(table, ["correction", "source", value], "batch correction")
+    piv = table.pivot_table(index="correction", columns="source", values=value, aggfunc="mean")
+    fig, ax = plt.subplots(figsize=(1.1 * piv.shape[1] + 2.5, 0.45 * piv.shape[0] + 1.5))
+    im = ax.imshow(piv.to_numpy(), cmap="viridis", aspect="auto")
+    ax.set_xticks(range(piv.shape[1]), piv.columns, rotation=30, ha="right")
+    ax.set_yticks(range(piv.shape[0]), piv.index)
+    for (i, j), v in np.ndenumerate(piv.to_numpy()):
+        ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=7,
+                color="white" if v < np.nanmean(piv.to_numpy()) else "black")
+    fig.colorbar(im, ax=ax, label=value)
+    methods = sorted(table["method"].unique()) if "method" in table else []
+    ax.set_title(f"recall by correction ({', '.join(methods)})", fontsize=9)
+    _save(fig, path)
