@@ -155,7 +155,7 @@ def setup_logging(logfile: str | os.PathLike | None = None, level: int = logging
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if logfile:
         Path(logfile).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(logfile))
+        handlers.append(logging.FileHandler(logfile, mode="w"))
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         handlers=handlers, force=True)
 
