@@ -13,6 +13,9 @@ configfile: "config/config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/resources.smk"
 include: "workflow/rules/simulate.smk"
+include: "workflow/rules/embed.smk"
+include: "workflow/rules/correct.smk"
+include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/figures.smk"
 
 

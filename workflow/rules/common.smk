@@ -22,6 +22,13 @@ LOGS = "logs"
 BENCH = "benchmarks/out"
 
 
+wildcard_constraints:
+    dataset="[^/]+",
+    method="[^/]+",
+    correction="[^/]+",
+    plate="[^/]+",
+
+
 def dataset_cfg(dataset):
     try:
         return config["datasets"][dataset]
@@ -40,10 +47,17 @@ def as_json(obj):
     return shlex.quote(json.dumps(obj, sort_keys=True))
 
 
+RESULT_TABLES = ["known_relationships", "recall_curve", "stringdb_gene_sets", "jump_retrieval",
+                 "cp_regression", "cp_regression_summary", "batch_correction"]
+FIGURE_NAMES = ["recall_curves", "recall_by_method", "retrieval", "cp_regression_r2", "batch_correction"]
+
+
 def all_targets():
     targets = [f"{RES}/{p}" for p in resource_tables()]
     for ds in DATASETS:
         targets += [f"results/{ds}/images.parquet", f"results/{ds}/wells.parquet"]
         if dataset_cfg(ds)["loader"] == "simulated" and config["figures"]["example_sites"]:
             targets.append(f"results/figures/example_sites_{ds}.png")
+    targets += [f"results/{t}.tsv" for t in RESULT_TABLES]
+    targets += [f"results/figures/{f}.png" for f in FIGURE_NAMES]
     return targets

@@ -1,0 +1,120 @@
+"""CLI for the evaluation stages (called by workflow/rules/evaluate.smk).
+
+    python -m morphobench.evaluate known-relationships --pert P --annotations JSON --key JSON \
+        --out-known K --out-curve C --out-sets S [--gene-sets JSON] [--seed 0]
+    python -m morphobench.evaluate retrieval --well W --pert P --key JSON --tasks T … \
+        --out OUT --detail-dir D [--null-size 10000 --seed 0 --threshold 0.05]
+    python -m morphobench.evaluate cp-split --cp-well W --out OUT [--heldout-fraction 0.25 --seed 0]
+    python -m morphobench.evaluate cp-regression --emb-well E --cp-well C --split S --key JSON --out OUT
+    python -m morphobench.evaluate gather --parts A B … --out OUT [--config JSON]
+    python -m morphobench.evaluate cp-summary --table T --out OUT [--config JSON]
+    python -m morphobench.evaluate batch-correction --known K --method M --out OUT [--config JSON]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from morphobench.io import MorphobenchError, setup_logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m morphobench.evaluate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    k = sub.add_parser("known-relationships")
+    k.add_argument("--pert", required=True)
+    k.add_argument("--annotations", required=True, help='JSON {"CORUM": "path.csv", …}')
+    k.add_argument("--gene-sets", default="{}", help='JSON {"name": [genes] | "all"}')
+    k.add_argument("--key", required=True)
+    k.add_argument("--out-known", required=True)
+    k.add_argument("--out-curve", required=True)
+    k.add_argument("--out-sets", required=True)
+    k.add_argument("--seed", type=int, default=0)
+    r = sub.add_parser("retrieval")
+    r.add_argument("--well", required=True)
+    r.add_argument("--pert", required=True)
+    r.add_argument("--key", required=True)
+    r.add_argument("--tasks", nargs="+", required=True)
+    r.add_argument("--out", required=True)
+    r.add_argument("--detail-dir", required=True)
+    r.add_argument("--null-size", type=int, default=10000)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--threshold", type=float, default=0.05)
+    r.add_argument("--on-missing-negcon", default="error", choices=["error", "skip"])
+    s = sub.add_parser("cp-split")
+    s.add_argument("--cp-well", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--heldout-fraction", type=float, default=0.25)
+    s.add_argument("--seed", type=int, default=0)
+    c = sub.add_parser("cp-regression")
+    c.add_argument("--emb-well", required=True)
+    c.add_argument("--cp-well", required=True)
+    c.add_argument("--split", required=True)
+    c.add_argument("--key", required=True)
+    c.add_argument("--out", required=True)
+    g = sub.add_parser("gather")
+    g.add_argument("--parts", nargs="+", required=True)
+    g.add_argument("--out", required=True)
+    g.add_argument("--config", default="{}")
+    m = sub.add_parser("cp-summary")
+    m.add_argument("--table", required=True)
+    m.add_argument("--out", required=True)
+    m.add_argument("--config", default="{}")
+    b = sub.add_parser("batch-correction")
+    b.add_argument("--known", required=True)
+    b.add_argument("--method", required=True)
+    b.add_argument("--out", required=True)
+    b.add_argument("--config", default="{}")
+    for p in (k, r, s, c, g, m, b):
+        p.add_argument("--log")
+    return ap
+
+
+def _gene_sets(spec: dict, pert_path: str) -> dict:
+    """``"all"`` → every gene of the map."""
+    from morphobench.evaluate.stages import gene_profiles
+    from morphobench.io import read_table
+
+    out = {}
+    for name, genes in spec.items():
+        if genes == "all":
+            genes = gene_profiles(read_table(pert_path), pert_path)["Metadata_Gene"].tolist()
+        out[name] = list(genes)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.log)
+    from morphobench.evaluate import stages
+
+    try:
+        if args.cmd == "known-relationships":
+            stages.known_relationships(args.pert, json.loads(args.annotations), json.loads(args.key),
+                                       args.out_known, args.out_curve, args.out_sets,
+                                       gene_sets=_gene_sets(json.loads(args.gene_sets), args.pert), seed=args.seed)
+        elif args.cmd == "retrieval":
+            stages.retrieval_stage(args.well, args.pert, json.loads(args.key), args.tasks, args.out,
+                                   args.detail_dir, null_size=args.null_size, seed=args.seed,
+                                   threshold=args.threshold, on_missing_negcon=args.on_missing_negcon)
+        elif args.cmd == "cp-split":
+            stages.cp_split_stage(args.cp_well, args.out, args.heldout_fraction, args.seed)
+        elif args.cmd == "cp-regression":
+            stages.cp_regression_stage(args.emb_well, args.cp_well, args.split, json.loads(args.key), args.out)
+        elif args.cmd == "gather":
+            stages.gather(args.parts, args.out, json.loads(args.config))
+        elif args.cmd == "cp-summary":
+            stages.cp_regression_summary(args.table, args.out, json.loads(args.config))
+        else:
+            stages.batch_correction_table(args.known, args.method, args.out, json.loads(args.config))
+    except MorphobenchError as err:
+        print(f"morphobench.evaluate {args.cmd}: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""Evaluation stages: one function per results table, for one (dataset, method, correction).
+
+Each writes a partial table under ``results/{dataset}/eval/{method}/{correction}/``; :func:`gather`
+concatenates the partial tables of every dataset × method × correction into ``results/{table}.tsv``
+(sorted, so the same inputs give byte-identical tables) with a provenance sidecar.
+
+Tables (REFERENCE §4):
+- ``known_relationships``: dataset, method, correction, source, n_genes, n_pairs, recall_5_95,
+  recall_10_90 (+ n_pairs_gene_missing, skip_reason)
+- ``recall_curve``: dataset, method, correction, source, percentile (1–20 %), recall
+- ``stringdb_gene_sets``: StringDB recall at 5 % FPR within gene sets (MAE-CVPR Table 5)
+- ``jump_retrieval``: dataset, method, correction, task, n_groups, mAP, fraction_retrieved,
+  null_size, seed (+ mAP_sem, n_groups_evaluated, n_groups_skipped); per-group detail parquet
+- ``cp_regression`` / ``cp_regression_summary``: R² per CellProfiler feature / median per category
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from morphobench.correct.stage import gene_rows
+from morphobench.io import MorphobenchError, read_table, write_parquet, write_provenance, write_tsv
+
+log = logging.getLogger("morphobench.evaluate")
+
+KEY_COLS = ("dataset", "method", "correction")
+RETRIEVAL_TASKS = ("perturbation", "sibling_compound", "sibling_compound_gene")
+
+
+def _keyed(df: pd.DataFrame, key: Mapping[str, str]) -> pd.DataFrame:
+    out = df.copy()
+    for i, k in enumerate(KEY_COLS):
+        out.insert(i, k, key[k])
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# known relationships
+# ------------------------------------------------------------------------------------------
+def gene_profiles(pert: pd.DataFrame, source: str) -> pd.DataFrame:
+    """One row per CRISPR gene (``Metadata_Gene``) from a perturbation-level table."""
+    if "Metadata_Gene" not in pert.columns:
+        raise MorphobenchError(f"{source}: no Metadata_Gene column; known-relationship recall needs gene profiles")
+    genes = pert.loc[gene_rows(pert)].reset_index(drop=True)
+    if genes.empty:
+        raise MorphobenchError(f"{source}: no CRISPR gene perturbations (PertType trt with Metadata_Gene)")
+    dup = genes["Metadata_Gene"].duplicated()
+    if dup.any():
+        raise MorphobenchError(f"{source}: genes with several perturbations {sorted(genes.loc[dup, 'Metadata_Gene'])[:5]}; "
+                               "aggregate guides to genes first")
+    return genes
+
+
+def known_relationships(pert_path: str | os.PathLike, annotations: Mapping[str, str | os.PathLike],
+                        key: Mapping[str, str], out_known: str | os.PathLike, out_curve: str | os.PathLike,
+                        out_sets: str | os.PathLike, gene_sets: Mapping[str, Sequence[str]] | None = None,
+                        percentiles: Sequence[float] = tuple(p / 100 for p in range(1, 21)),
+                        fpr: float = 0.05, seed: int = 0) -> None:
+    """Recall of annotated pairs (EFAAR semantics) per source, the recall curve, and StringDB
+    recall at ``fpr`` within each gene set."""
+    from morphobench.evaluate.recall import known_relationship_recall, recall_curve, recall_within_gene_set
+    from morphobench.resources import load_annotation
+
+    pert = read_table(pert_path, what="perturbation profiles")
+    genes = gene_profiles(pert, str(pert_path))
+    rels = {src: load_annotation(path, None) for src, path in annotations.items()}
+    tab = known_relationship_recall(genes, rels, threshold_pairs=[(0.05, 0.95), (0.10, 0.90)], seed=seed,
+                                    source=str(pert_path))
+    tab = tab.rename(columns={"recall_0.05_0.95": "recall_5_95", "recall_0.1_0.9": "recall_10_90",
+                              "n_pairs_used": "n_pairs"})
+    tab["n_genes"] = len(genes)
+    cols = ["source", "n_genes", "n_pairs", "recall_5_95", "recall_10_90", "n_pairs_gene_missing", "skip_reason"]
+    write_tsv(_keyed(tab[cols], key), out_known)
+    curve = recall_curve(genes, rels, percentiles=percentiles, seed=seed, source=str(pert_path))
+    write_tsv(_keyed(curve[["source", "percentile", "recall"]], key), out_curve)
+    rows = []
+    if "StringDB" in rels:
+        for name, members in (gene_sets or {}).items():
+            t = recall_within_gene_set(genes, {"StringDB": rels["StringDB"]}, members, fpr=fpr, seed=seed,
+                                       source=str(pert_path))
+            t = t.rename(columns={"n_pairs_used": "n_pairs", f"recall_top_{fpr}": "recall"})
+            t.insert(0, "gene_set", name)
+            rows.append(t[["gene_set", "source", "n_pairs", "recall", "fpr", "n_set_genes_missing", "skip_reason"]])
+    sets = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
+        columns=["gene_set", "source", "n_pairs", "recall", "fpr", "n_set_genes_missing", "skip_reason"])
+    write_tsv(_keyed(sets, key), out_sets)
+
+
+# ------------------------------------------------------------------------------------------
+# retrieval
+# ------------------------------------------------------------------------------------------
+def target_gene(pert: pd.DataFrame) -> pd.Series:
+    """A perturbation's target gene: ``Metadata_Gene`` for CRISPR, ``Metadata_Target`` for compounds."""
+    gene = pert["Metadata_Gene"] if "Metadata_Gene" in pert else pd.Series(np.nan, index=pert.index)
+    tgt = pert["Metadata_Target"] if "Metadata_Target" in pert else pd.Series(np.nan, index=pert.index)
+    is_cpd = pert["Metadata_Compound"].notna() if "Metadata_Compound" in pert else pd.Series(False, index=pert.index)
+    return pd.Series(np.where(is_cpd, tgt, gene), index=pert.index, dtype=object)
+
+
+def sibling_profiles(pert: pd.DataFrame, task: str) -> pd.DataFrame:
+    """Consensus profiles for sibling retrieval with ``Metadata_TargetGene`` / ``Metadata_Modality``."""
+    df = pert[pert["Metadata_PertType"].eq("trt")].copy() if "Metadata_PertType" in pert else pert.copy()
+    df["Metadata_TargetGene"] = target_gene(df)
+    df = df[df["Metadata_TargetGene"].notna()].reset_index(drop=True)
+    is_cpd = df["Metadata_Compound"].notna() if "Metadata_Compound" in df else pd.Series(False, index=df.index)
+    df["Metadata_Modality"] = np.where(is_cpd, "compound", "crispr")
+    if task == "sibling_compound":
+        df = df[df["Metadata_Modality"].eq("compound")].reset_index(drop=True)
+    return df
+
+
+def run_retrieval(well: pd.DataFrame, pert: pd.DataFrame, task: str, *, null_size: int, seed: int,
+                  threshold: float = 0.05, on_missing_negcon: str = "error", source: str = "profiles"):
+    """One retrieval task → (summary dict, per-group mAP table)."""
+    from morphobench.evaluate.map import replicate_retrieval, retrieval, summarize_map
+
+    if task == "perturbation":
+        res = replicate_retrieval(well, null_size=null_size, seed=seed, threshold=threshold,
+                                  on_missing_negcon=on_missing_negcon, source=source)
+    elif task in ("sibling_compound", "sibling_compound_gene"):
+        df = sibling_profiles(pert, task)
+        if df.empty or df["Metadata_TargetGene"].value_counts().max() < 2:
+            empty = pd.DataFrame(columns=["Metadata_TargetGene", "mean_average_precision", "p_value",
+                                          "corrected_p_value", "skip_reason"])
+            summ = {"mAP": np.nan, "mAP_sem": np.nan, "fraction_retrieved": np.nan, "n_groups": 0,
+                    "n_groups_evaluated": 0, "n_groups_skipped": 0,
+                    "skip_reason": "no target gene shared by two perturbations"}
+            return summ, empty
+        pos_diffby = ["Metadata_Perturbation"] if task == "sibling_compound" else ["Metadata_Modality"]
+        neg_diffby = ["Metadata_TargetGene"] if task == "sibling_compound" else ["Metadata_TargetGene",
+                                                                                   "Metadata_Modality"]
+        # compound↔gene: queries are compounds, positives are CRISPR profiles of their target
+        query = df["Metadata_Modality"].eq("compound").to_numpy() if task == "sibling_compound_gene" else None
+        res = retrieval(df, pos_sameby=["Metadata_TargetGene"], pos_diffby=pos_diffby, neg_sameby=[],
+                        neg_diffby=neg_diffby, map_sameby=["Metadata_TargetGene"], null_size=null_size,
+                        seed=seed, threshold=threshold, query_mask=query, source=source)
+    else:
+        raise MorphobenchError(f"unknown retrieval task {task!r}; choose from {list(RETRIEVAL_TASKS)}")
+    summ = summarize_map(res.map, threshold)
+    summ["skip_reason"] = ""
+    return summ, res.map
+
+
+def retrieval_stage(well_path: str | os.PathLike, pert_path: str | os.PathLike, key: Mapping[str, str],
+                    tasks: Sequence[str], out_summary: str | os.PathLike, detail_dir: str | os.PathLike,
+                    null_size: int = 10000, seed: int = 0, threshold: float = 0.05,
+                    on_missing_negcon: str = "error") -> None:
+    well = read_table(well_path, what="well profiles")
+    pert = read_table(pert_path, what="perturbation profiles")
+    rows = []
+    detail_dir = Path(detail_dir)
+    for task in tasks:
+        summ, detail = run_retrieval(well, pert, task, null_size=null_size, seed=seed, threshold=threshold,
+                                     on_missing_negcon=on_missing_negcon, source=f"{well_path} [{task}]")
+        write_parquet(_keyed(detail.assign(task=task), key), detail_dir / f"{task}.parquet")
+        rows.append({"task": task, **summ, "null_size": null_size, "seed": seed})
+        log.info("%s: mAP %.4f, fraction retrieved %.3f over %d groups", task, summ["mAP"],
+                 summ["fraction_retrieved"], summ["n_groups"])
+    tab = pd.DataFrame(rows)[["task", "n_groups", "n_groups_evaluated", "n_groups_skipped", "mAP", "mAP_sem",
+                              "fraction_retrieved", "null_size", "seed", "skip_reason"]]
+    write_tsv(_keyed(tab, key), out_summary)
+
+
+# ------------------------------------------------------------------------------------------
+# CellProfiler-feature regression
+# ------------------------------------------------------------------------------------------
+def cp_split_stage(cp_well_path: str | os.PathLike, out: str | os.PathLike, heldout_fraction: float,
+                   seed: int) -> None:
+    from morphobench.evaluate.cp_regression import plate_split
+
+    wells = read_table(cp_well_path, what="CellProfiler well profiles")
+    cols = [c for c in ("Metadata_Batch", "Metadata_Plate") if c in wells.columns]
+    write_tsv(plate_split(wells[cols], heldout_fraction, seed), out)
+
+
+def cp_regression_stage(emb_well_path: str | os.PathLike, cp_well_path: str | os.PathLike,
+                        split_path: str | os.PathLike, key: Mapping[str, str],
+                        out: str | os.PathLike) -> None:
+    from morphobench.evaluate.cp_regression import cp_regression
+
+    emb = read_table(emb_well_path, what="embedding well profiles")
+    cp = read_table(cp_well_path, what="CellProfiler well profiles")
+    split = read_table(split_path, what="plate split")
+    keep_meta = ["Metadata_Plate", "Metadata_Well"]
+    emb = emb[keep_meta + [c for c in emb.columns if not c.startswith("Metadata_")]]
+    cp = cp[keep_meta + [c for c in cp.columns if not c.startswith("Metadata_")]]
+    res = cp_regression(emb, cp, split)
+    write_tsv(_keyed(res, key), out)
+
+
+# ------------------------------------------------------------------------------------------
+# gathering
+# ------------------------------------------------------------------------------------------
+def gather(parts: Sequence[str | os.PathLike], out: str | os.PathLike, config: object = None,
+           sort_by: Sequence[str] | None = None) -> pd.DataFrame:
+    """Concatenate partial TSV tables (sorted by the key columns) + provenance sidecar."""
+    frames = [pd.read_csv(p, sep="\t", keep_default_na=True) for p in parts]
+    frames = [f for f in frames if len(f.columns)]
+    if not frames:
+        raise MorphobenchError(f"gather {out}: no partial tables")
+    tab = pd.concat(frames, ignore_index=True)
+    by = [c for c in (sort_by or KEY_COLS) if c in tab.columns]
+    tab = tab.sort_values(by, kind="stable").reset_index(drop=True)
+    write_tsv(tab, out)
+    write_provenance(out, config)
+    return tab
+
+
+def cp_regression_summary(per_feature_path: str | os.PathLike, out: str | os.PathLike, config: object = None) -> None:
+    from morphobench.evaluate.cp_regression import summarize
+
+    tab = read_table(per_feature_path, what="CellProfiler regression table")
+    write_tsv(summarize(tab, by=list(KEY_COLS)), out)
+    write_provenance(out, config)
+
+
+def batch_correction_table(known_path: str | os.PathLike, method: str, out: str | os.PathLike,
+                           config: object = None) -> None:
+    """MAE-CVPR Table 2 layout: recall per source for every correction of ``method``."""
+    tab = read_table(known_path, what="known relationships table")
+    sub = tab[tab["method"] == method]
+    if sub.empty:
+        raise MorphobenchError(f"batch-correction table: method {method!r} not in {known_path} "
+                               f"(methods: {sorted(tab['method'].unique())})")
+    cols = ["dataset", "method", "correction", "source", "n_genes", "n_pairs", "recall_5_95", "recall_10_90"]
+    write_tsv(sub[cols].sort_values(["dataset", "source", "correction"], kind="stable"), out)
+    write_provenance(out, config)

@@ -1,0 +1,46 @@
+"""CLI for the figures (called by workflow/rules/figures.smk).
+
+    python -m morphobench.figures recall-curves --table results/recall_curve.tsv --out PNG
+    python -m morphobench.figures recall-by-method --table results/known_relationships.tsv --out PNG
+    python -m morphobench.figures retrieval --table results/jump_retrieval.tsv --out PNG
+    python -m morphobench.figures r2 --table results/cp_regression_summary.tsv --out PNG
+    python -m morphobench.figures batch-correction --table results/batch_correction.tsv --out PNG
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from morphobench.io import MorphobenchError, read_table, setup_logging
+
+FIGURES = {
+    "recall-curves": "recall_curves",
+    "recall-by-method": "recall_by_method",
+    "retrieval": "retrieval_bars",
+    "r2": "r2_by_category",
+    "batch-correction": "batch_correction_heatmap",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m morphobench.figures", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("figure", choices=sorted(FIGURES))
+    ap.add_argument("--table", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--log")
+    args = ap.parse_args(argv)
+    setup_logging(args.log)
+    from morphobench.figures import plots
+
+    try:
+        getattr(plots, FIGURES[args.figure])(read_table(args.table, what="results table"), args.out)
+    except MorphobenchError as err:
+        print(f"morphobench.figures {args.figure}: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+# Evaluations per dataset × method × correction, gathered into results/{table}.tsv.
+
+EVAL = "results/{dataset}/eval/{method}/{correction}"
+
+
+def eval_key(w):
+    return as_json({"dataset": w.dataset, "method": w.method, "correction": w.correction})
+
+
+def eval_combos(methods=None, corrections=None, datasets=None):
+    """(dataset, method, correction) triples configured for the evaluations."""
+    return [(d, m, c) for d in (datasets or DATASETS) for m in (methods or config["methods"])
+            for c in (corrections or config["corrections"])]
+
+
+def eval_parts(table, combos):
+    return [f"results/{d}/eval/{m}/{c}/{table}.tsv" for d, m, c in combos]
+
+
+def gene_datasets():
+    """Datasets whose perturbations include CRISPR genes (known-relationship recall needs genes)."""
+    return [d for d in DATASETS if dataset_cfg(d)["loader"] == "simulated"]
+
+
+KR = config["evaluate"]["known_relationships"]
+RT = config["evaluate"]["retrieval"]
+CPR = config["evaluate"]["cp_regression"]
+BC = config["evaluate"]["batch_correction"]
+
+
+rule known_relationships_part:
+    input:
+        pert="results/{dataset}/profiles/{method}/{correction}/perturbation.parquet",
+        annotations=expand(f"{RES}/annotations/{{source}}.csv", source=KR["sources"]),
+    output:
+        known=f"{EVAL}/known_relationships.tsv",
+        curve=f"{EVAL}/recall_curve.tsv",
+        sets=f"{EVAL}/stringdb_gene_sets.tsv",
+    params:
+        key=eval_key,
+        annotations=as_json({s: f"{RES}/annotations/{s}.csv" for s in KR["sources"]}),
+        gene_sets=as_json(KR["gene_sets"]),
+        seed=config["seed"],
+    log:
+        "logs/{dataset}/eval/{method}/{correction}/known_relationships.log",
+    benchmark:
+        "benchmarks/out/{dataset}/eval/{method}/{correction}/known_relationships.tsv"
+    conda:
+        "../../envs/morphobench.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "python -m morphobench.evaluate known-relationships --pert {input.pert} "
+        "--annotations {params.annotations} --gene-sets {params.gene_sets} --key {params.key} "
+        "--out-known {output.known} --out-curve {output.curve} --out-sets {output.sets} "
+        "--seed {params.seed} 2> {log}"
+
+
+rule retrieval_part:
+    input:
+        well="results/{dataset}/profiles/{method}/{correction}/well.parquet",
+        pert="results/{dataset}/profiles/{method}/{correction}/perturbation.parquet",
+    output:
+        table=f"{EVAL}/jump_retrieval.tsv",
+        detail=expand("results/retrieval/{{dataset}}/{{method}}/{{correction}}/{task}.parquet",
+                      task=RT["tasks"]),
+    params:
+        key=eval_key,
+        tasks=" ".join(RT["tasks"]),
+        detail_dir="results/retrieval/{dataset}/{method}/{correction}",
+        null_size=RT["null_size"],
+        seed=RT["seed"],
+        threshold=RT["threshold"],
+        on_missing=RT["on_missing_negcon"],
+    log:
+        "logs/{dataset}/eval/{method}/{correction}/retrieval.log",
+    benchmark:
+        "benchmarks/out/{dataset}/eval/{method}/{correction}/retrieval.tsv"
+    conda:
+        "../../envs/morphobench.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "python -m morphobench.evaluate retrieval --well {input.well} --pert {input.pert} "
+        "--key {params.key} --tasks {params.tasks} --out {output.table} --detail-dir {params.detail_dir} "
+        "--null-size {params.null_size} --seed {params.seed} --threshold {params.threshold} "
+        "--on-missing-negcon {params.on_missing} 2> {log}"
+
+
+rule cp_split:
+    """Training / held-out plates for the CellProfiler-feature regression (a saved table)."""
+    input:
+        "results/{dataset}/profiles/cellprofiler/well.parquet",
+    output:
+        "results/{dataset}/splits/cp_regression_plates.tsv",
+    params:
+        frac=CPR["heldout_fraction"],
+        seed=CPR["seed"],
+    log:
+        "logs/{dataset}/eval/cp_split.log",
+    conda:
+        "../../envs/morphobench.yaml"
+    shell:
+        "python -m morphobench.evaluate cp-split --cp-well {input} --out {output} "
+        "--heldout-fraction {params.frac} --seed {params.seed} 2> {log}"
+
+
+rule cp_regression_part:
+    input:
+        emb="results/{dataset}/profiles/{method}/{correction}/well.parquet",
+        cp="results/{dataset}/profiles/cellprofiler/well.parquet",
+        split="results/{dataset}/splits/cp_regression_plates.tsv",
+    output:
+        f"{EVAL}/cp_regression.tsv",
+    params:
+        key=eval_key,
+    log:
+        "logs/{dataset}/eval/{method}/{correction}/cp_regression.log",
+    benchmark:
+        "benchmarks/out/{dataset}/eval/{method}/{correction}/cp_regression.tsv"
+    conda:
+        "../../envs/morphobench.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "python -m morphobench.evaluate cp-regression --emb-well {input.emb} --cp-well {input.cp} "
+        "--split {input.split} --key {params.key} --out {output} 2> {log}"
+
+
+GATHER = {
+    "known_relationships": eval_parts("known_relationships", eval_combos(datasets=gene_datasets())),
+    "recall_curve": eval_parts("recall_curve", eval_combos(datasets=gene_datasets())),
+    "stringdb_gene_sets": eval_parts("stringdb_gene_sets", eval_combos(datasets=gene_datasets())),
+    "jump_retrieval": eval_parts("jump_retrieval", eval_combos()),
+    "cp_regression": eval_parts("cp_regression", eval_combos(methods=CPR["methods"])),
+    "batch_correction_recall": eval_parts(
+        "known_relationships",
+        eval_combos(methods=[BC["method"]], corrections=BC["corrections"], datasets=gene_datasets())),
+}
+
+
+rule gather_table:
+    """Concatenate the per dataset × method × correction tables into results/{table}.tsv."""
+    input:
+        lambda w: GATHER[w.table],
+    output:
+        "results/{table}.tsv",
+    wildcard_constraints:
+        table="|".join(GATHER),
+    params:
+        cfg=as_json(config),
+    log:
+        "logs/gather/{table}.log",
+    conda:
+        "../../envs/morphobench.yaml"
+    shell:
+        "python -m morphobench.evaluate gather --parts {input} --out {output} --config {params.cfg} 2> {log}"
+
+
+rule cp_regression_summary:
+    input:
+        "results/cp_regression.tsv",
+    output:
+        "results/cp_regression_summary.tsv",
+    params:
+        cfg=as_json(config),
+    log:
+        "logs/gather/cp_regression_summary.log",
+    conda:
+        "../../envs/morphobench.yaml"
+    shell:
+        "python -m morphobench.evaluate cp-summary --table {input} --out {output} --config {params.cfg} 2> {log}"
+
+
+rule batch_correction_table:
+    """MAE-CVPR Table 2 layout: recall per source for every correction of one method."""
+    input:
+        "results/batch_correction_recall.tsv",
+    output:
+        "results/batch_correction.tsv",
+    params:
+        method=BC["method"],
+        cfg=as_json(config),
+    log:
+        "logs/gather/batch_correction.log",
+    conda:
+        "../../envs/morphobench.yaml"
+    shell:
+        "python -m morphobench.evaluate batch-correction --known {input} --method {params.method} "
+        "--out {output} --config {params.cfg} 2> {log}"
