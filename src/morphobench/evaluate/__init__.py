@@ -1,1 +1,5 @@
-"""morphobench.evaluate."""
+"""morphobench.evaluate: metrics (retrieval mAP, known-relationship recall, …).
+
+Submodules: :mod:`~morphobench.evaluate.map` (copairs-equivalent mAP engine),
+:mod:`~morphobench.evaluate.recall` (EFAAR-equivalent recall engine), and others.
+"""
