@@ -1,0 +1,620 @@
+"""The ``cellprofiler`` image backend: illumination, segmentation and measurement by CellProfiler.
+
+CellProfiler's library (``cellprofiler-library-nightly`` / ``-core-nightly`` 5.0.0.dev784) needs
+numpy < 2 and scipy < 1.11, so it runs in its own environment (``envs/cellprofiler.yaml``, or the
+venv made by ``workflow/scripts/setup_cellprofiler_env.sh``). This module is the driver in
+morphobench's environment: it writes a request (TIFF paths + parameters, JSON), runs
+:mod:`morphobench.images.cp_worker` with that environment's interpreter, and converts the worker's
+outputs (``.npz`` arrays, CSV tables) into the formats of the in-process backend, atomically:
+
+- :func:`run_illum_cp`    → the plate's illumination ``.npz`` (:class:`~morphobench.images.io.IllumFunctions`)
+- :func:`run_segment_cp`  → the plate's zarr label store + object table (+ QC table), exactly the
+  layout of :func:`morphobench.images.segment.run_segment`
+- :func:`run_features_cp` → object-level CellProfiler features (parquet: ``Metadata_*`` site keys,
+  ``ImageNumber``, ``ObjectNumber``, ``{Compartment}_{Category}_{Feature}[_{Channel}...]``), from
+  any label store (so the CellProfiler measurements can also run on the in-process segmentation).
+
+Downstream stages cannot tell which backend ran, except from the ``backend`` entry the outputs'
+metadata carry.
+
+Parameters are the in-process backend's (:class:`~morphobench.images.illum.IllumParams`,
+:class:`~morphobench.images.segment.SegmentParams`), translated to the CellProfiler module settings
+that do the same thing (:func:`cp_illum_settings`, :func:`cp_segment_settings`); ``cp_settings``
+overrides any translated setting with a CellProfiler-native one (e.g. ``cells_method:
+"Propagation"``, CellProfiler's usual secondary-object method, which has no in-process twin).
+
+The interpreter is, in order: the ``python`` argument, ``$MORPHOBENCH_CP_PYTHON``, the config key
+``images.cellprofiler_python``, and ``.venv-cellprofiler/bin/python`` (relative paths are looked
+up in the working directory, then in the repository root). With conda:
+``conda env create -f envs/cellprofiler.yaml`` and point the key at that env's ``bin/python``.
+The worker never sees this environment's packages (``PYTHONPATH`` etc. are removed for it).
+
+Set ``MORPHOBENCH_CP_KEEP=1`` to keep the worker's scratch directory (request, raw outputs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from morphobench.data.model import SITE_KEYS, sheet_channels
+from morphobench.images.illum import IllumParams, effective_median_size, save_illum_png
+from morphobench.images.io import IllumFunctions, site_label, site_meta, site_paths
+from morphobench.images.segment import OBJECTS, SegmentParams, object_table, open_labels
+from morphobench.io import MorphobenchError, atomic_path, write_parquet
+
+log = logging.getLogger("morphobench.images.cp_backend")
+
+#: the worker script (runs in the CellProfiler environment)
+WORKER = Path(__file__).with_name("cp_worker.py")
+#: default interpreter of the CellProfiler environment
+DEFAULT_PYTHON = ".venv-cellprofiler/bin/python"
+#: protocol version spoken by driver and worker
+PROTOCOL = 1
+SETUP_HINT = ("create it with `bash workflow/scripts/setup_cellprofiler_env.sh` (a venv, ~1 min) or "
+              "use conda (`envs/cellprofiler.yaml`), or point images.cellprofiler_python / "
+              "$MORPHOBENCH_CP_PYTHON at its python")
+_REPO = Path(__file__).resolve().parents[3]
+
+_THRESHOLD_METHODS = {"otsu": "Otsu", "li": "Minimum Cross-Entropy"}
+_DECLUMP = {"shape": "Shape", "intensity": "Intensity", "none": "None"}
+_CELL_METHODS = {"intensity": "Watershed - Image", "gradient": "Watershed - Gradient",
+                 "distance": "Distance - N", "propagation": "Propagation"}
+#: CellProfiler's "threshold smoothing scale" s gives a Gaussian of σ = s / 0.6744 / 2
+_SCALE_PER_SIGMA = 2 * 0.6744
+
+
+# --------------------------------------------------------------------------------------------
+# Environment
+# --------------------------------------------------------------------------------------------
+def resolve_python(python: str | os.PathLike | None = None, config: Mapping | None = None) -> Path:
+    """The CellProfiler environment's interpreter; raises :class:`MorphobenchError` if absent."""
+    cand = python or os.environ.get("MORPHOBENCH_CP_PYTHON")
+    if not cand and config:
+        cand = (config.get("images") or {}).get("cellprofiler_python")
+    cand = Path(cand or DEFAULT_PYTHON).expanduser()
+    tried = [cand] if cand.is_absolute() else [Path.cwd() / cand, _REPO / cand]
+    for p in tried:
+        if p.exists():
+            return p.absolute()  # not resolve(): a venv's python is a symlink to the base one
+    raise MorphobenchError(f"CellProfiler environment not found: no interpreter at "
+                           f"{' or '.join(map(str, dict.fromkeys(tried)))}; {SETUP_HINT}")
+
+
+@functools.lru_cache(maxsize=8)
+def _versions(python: str) -> dict:
+    try:
+        out = subprocess.run([python, str(WORKER), "--version"], capture_output=True, text=True,
+                             timeout=120, env=_worker_env())
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise MorphobenchError(f"CellProfiler environment {python} does not run: {err}; {SETUP_HINT}") from err
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if out.returncode != 0 or not lines:
+        raise MorphobenchError(f"CellProfiler environment {python} is broken (worker --version exited "
+                               f"{out.returncode}): {out.stderr.strip()[-800:]}; {SETUP_HINT}")
+    info = json.loads(lines[-1])
+    if info.get("cellprofiler-library-nightly", "absent") == "absent":
+        raise MorphobenchError(f"{python} has no cellprofiler-library; {SETUP_HINT}")
+    if info.get("protocol") != PROTOCOL:
+        raise MorphobenchError(f"worker protocol {info.get('protocol')} != driver protocol {PROTOCOL}")
+    return info
+
+
+def worker_versions(python: str | os.PathLike | None = None) -> dict:
+    """Versions of the CellProfiler environment (numpy, cellprofiler-library, …) as the worker sees them."""
+    return dict(_versions(str(resolve_python(python))))
+
+
+def available(python: str | os.PathLike | None = None) -> tuple[bool, str]:
+    """``(True, versions)`` if the CellProfiler environment works, else ``(False, reason)``."""
+    try:
+        v = worker_versions(python)
+    except MorphobenchError as err:
+        return False, str(err)
+    return True, json.dumps(v, sort_keys=True)
+
+
+def _worker_env() -> dict:
+    env = dict(os.environ)
+    # the worker must see ONLY its own environment's packages (numpy<2), never ours
+    for k in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "CONDA_PREFIX"):
+        env.pop(k, None)
+    env["PYTHONNOUSERSITE"] = "1"
+    env.setdefault("MPLBACKEND", "Agg")
+    return env
+
+
+# --------------------------------------------------------------------------------------------
+# Running the worker
+# --------------------------------------------------------------------------------------------
+def _abs(p: Path) -> str:
+    return str(p if p.is_absolute() else (Path.cwd() / p))
+
+
+def request_sites(rows: pd.DataFrame, channels: Sequence[str], root=None) -> list[dict]:
+    """The ``sites`` entry of a worker request: absolute file paths per channel, sheet order."""
+    out = []
+    for _, row in rows.iterrows():
+        paths = site_paths(row, channels, root)
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise MorphobenchError(f"site {site_label(row)}: image file(s) not found: {missing}")
+        out.append({"paths": {ch: _abs(p) for ch, p in zip(channels, paths, strict=True)},
+                    "site": site_label(row)})
+    return out
+
+
+def run_worker(task: str, sites: list[dict], channels: Sequence[str], params: Mapping[str, Any],
+               workdir: str | os.PathLike, *, python: str | os.PathLike | None = None,
+               illum: str | os.PathLike | None = None, labels: str | os.PathLike | None = None,
+               timeout: float | None = None) -> dict:
+    """Run one worker task in ``workdir`` (outputs land there); return its ``result.json``.
+
+    Raises :class:`MorphobenchError` naming the file the worker failed on (from its
+    ``error.json``) plus the end of its stderr.
+    """
+    py = resolve_python(python)
+    _versions(str(py))  # clear error if the environment is broken
+    workdir = Path(workdir)
+    out_dir = workdir / task
+    out_dir.mkdir(parents=True, exist_ok=True)
+    req = {"protocol": PROTOCOL, "task": task, "channels": list(channels), "sites": sites,
+           "illum": _abs(Path(illum)) if illum else None,
+           "labels": _abs(Path(labels)) if labels else None,
+           "params": dict(params), "out_dir": str(out_dir.absolute())}
+    req_path = workdir / f"request_{task}.json"
+    req_path.write_text(json.dumps(req, indent=1, default=_json_default))
+    cmd = [str(py), str(WORKER), str(req_path.absolute())]
+    log.info("cellprofiler %s: %d site(s) with %s", task, len(sites), py)
+    returncode, tail = _stream(cmd, timeout, task)
+    err_file = out_dir / "error.json"
+    if returncode != 0 or err_file.exists():
+        info = {}
+        if err_file.exists():
+            try:
+                info = json.loads(err_file.read_text())
+            except ValueError:
+                pass
+        where = f" [file: {info['file']}]" if info.get("file") else ""
+        msg = info.get("message") or f"exit status {returncode}"
+        tail = "\n".join(list(tail)[-15:])
+        raise MorphobenchError(f"cellprofiler worker ({task}) failed: {info.get('error', 'Error')}: "
+                               f"{msg}{where}\n--- worker stderr (end) ---\n{tail}")
+    result = json.loads((out_dir / "result.json").read_text())
+    log.info("cellprofiler %s: done in %.1f s", task, result.get("seconds", float("nan")))
+    return result
+
+
+def _stream(cmd: list[str], timeout: float | None, task: str) -> tuple[int, collections.deque]:
+    """Run the worker; relay its ``progress:`` lines to the log as they come (long plates show
+    progress in the rule's log); return ``(exit status, last output lines)``."""
+    tail: collections.deque = collections.deque(maxlen=60)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=_worker_env(), bufsize=1)
+    timer = None
+    timed_out = threading.Event()
+    if timeout:
+        def _kill():
+            timed_out.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout, _kill)
+        timer.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            if line.startswith("progress: "):
+                log.info("cellprofiler %s", line[len("progress: "):])
+            elif line.strip() and "image assets were not found" not in line:
+                tail.append(line)
+                log.debug("worker: %s", line)
+        returncode = proc.wait()
+    finally:
+        if timer is not None:
+            timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if timed_out.is_set():
+        raise MorphobenchError(f"cellprofiler worker ({task}) timed out after {timeout} s")
+    return returncode, tail
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+class _Workdir:
+    """A scratch directory for one driver call (under $TMPDIR), removed afterwards unless
+    ``$MORPHOBENCH_CP_KEEP=1`` (then its path is logged, for debugging)."""
+
+    def __enter__(self) -> Path:
+        self.path = Path(tempfile.mkdtemp(prefix="morphobench-cp-"))
+        return self.path
+
+    def __exit__(self, *exc):
+        if os.environ.get("MORPHOBENCH_CP_KEEP") == "1":
+            log.warning("cellprofiler: keeping worker files in %s", self.path)
+        else:
+            shutil.rmtree(self.path, ignore_errors=True)
+        return False
+
+
+def _illum_file(illum, workdir: Path) -> str | None:
+    """An illumination ``.npz`` the worker can read (the IllumFunctions file format is one)."""
+    if illum is None:
+        return None
+    if isinstance(illum, IllumFunctions):
+        return str(illum.save(workdir / "illum_in.npz"))
+    if isinstance(illum, Mapping):
+        return str(IllumFunctions(dict(illum)).save(workdir / "illum_in.npz"))
+    p = Path(illum)
+    if not p.exists():
+        raise MorphobenchError(f"illumination functions not found: {p}")
+    return _abs(p)
+
+
+# --------------------------------------------------------------------------------------------
+# Illumination
+# --------------------------------------------------------------------------------------------
+def cp_illum_settings(params: IllumParams, width: int, overrides: Mapping | None = None) -> dict:
+    """CorrectIlluminationCalculate settings doing what :func:`illum.illum_function` does.
+
+    Same downsampling; CellProfiler's median filter is a disk of radius
+    ``int(size / 2.35 + 0.5)`` (its "smoothing filter size" ``size``), chosen here so the disk's
+    diameter equals the in-process square window's side; rescaling "Yes" = divide by the 2nd
+    percentile (CellProfiler's fixed robust minimum; ``robust_min_percentile`` must be 2).
+    """
+    if abs(params.robust_min_percentile - 2.0) > 1e-9:
+        raise MorphobenchError("the cellprofiler backend's illumination rescaling uses the 2nd "
+                               f"percentile; illum robust_min_percentile={params.robust_min_percentile}")
+    side = effective_median_size(width, params)
+    radius = max(1, (side - 1) // 2)
+    size = round(2.35 * radius)
+    while int(size / 2.35 + 0.5) < radius:
+        size += 1
+    while size > 1 and int(size / 2.35 + 0.5) > radius:
+        size -= 1
+    out = {"downsample": int(params.downsample), "smoothing_method": "Median Filter",
+           "filter_size": int(size), "rescale": "Yes", "skip_blank": True}
+    out.update(overrides or {})
+    return out
+
+
+def run_illum_cp(rows: pd.DataFrame, out: str | os.PathLike, params: IllumParams = IllumParams(), *,
+                 png: str | os.PathLike | None = None, root=None, python=None,
+                 cp_settings: Mapping | None = None, timeout: float | None = None) -> IllumFunctions:
+    """Illumination functions of one plate by CellProfiler; writes ``out`` (.npz) (+ PNG).
+
+    Same file format as :func:`morphobench.images.illum.run_illum`.
+    """
+    if rows.empty:
+        raise MorphobenchError("illum (cellprofiler): no sites")
+    channels = list(params.channels) or sheet_channels(rows)
+    plate = str(rows["Metadata_Plate"].iloc[0])
+    sites = request_sites(rows, channels, root)
+    import tifffile
+
+    first = sites[0]["paths"][channels[0]]
+    try:
+        width = int(tifffile.TiffFile(first).pages[0].shape[-1])
+    except Exception:
+        from morphobench.images.io import read_image
+
+        width = read_image(first).shape[1]
+    settings = cp_illum_settings(params, width, cp_settings)
+    with _Workdir() as wd:
+        res = run_worker("illum", sites, channels, settings, wd, python=python, timeout=timeout)
+        with np.load(wd / "illum" / "illum.npz") as z:
+            funcs = {ch: z[ch].astype(np.float32) for ch in channels}
+        extra = json.loads((wd / "illum" / "illum.json").read_text())
+    for rec in extra["skipped"]:
+        log.warning("illum (cellprofiler): plate %s site %s channel %s: blank image (skipped)",
+                    plate, sites[rec["site"]]["site"], rec["channel"])
+    meta = {"backend": "cellprofiler", "params": asdict(params), "cp_settings": settings,
+            "n_images": extra["n_images"], "median_size_used": effective_median_size(width, params),
+            "qc": [{"site": sites[r["site"]]["site"], "channel": r["channel"], "issue": "blank image"}
+                   for r in extra["skipped"]],
+            "versions": res.get("versions", {})}
+    funcs_obj = IllumFunctions(funcs, plate=plate, meta=meta)
+    funcs_obj.save(out)
+    if png:
+        save_illum_png(funcs_obj, png)
+    return funcs_obj
+
+
+# --------------------------------------------------------------------------------------------
+# Segmentation
+# --------------------------------------------------------------------------------------------
+def cp_segment_settings(params: SegmentParams, overrides: Mapping | None = None) -> dict:
+    """IdentifyPrimaryObjects / IdentifySecondaryObjects settings doing what
+    :func:`segment.segment_nuclei` / :func:`segment.segment_cells` do.
+
+    ``overrides`` are worker settings (``cp_worker.SEGMENT_DEFAULTS`` names) applied last, plus
+    one driver option, ``smoothing``:
+
+    - ``"gaussian_filter"`` (default): a GaussianFilter module (σ = ``smooth_sigma`` /
+      ``cell_smooth_sigma``) runs before IdentifyPrimaryObjects / IdentifySecondaryObjects, whose
+      threshold smoothing is off — threshold and watershed both see the smoothed image, as in the
+      in-process backend;
+    - ``"threshold"``: CellProfiler's usual set-up, no GaussianFilter; the Identify modules'
+      "threshold smoothing scale" = σ · 1.3488 (CellProfiler's default 1.3488 is σ 1): the
+      threshold is computed on the raw image and only the binarised image is smoothed.
+    """
+    overrides = dict(overrides or {})
+    smoothing = overrides.pop("smoothing", "gaussian_filter")
+    if smoothing not in ("gaussian_filter", "threshold"):
+        raise MorphobenchError(f"cellprofiler smoothing {smoothing!r}: use 'gaussian_filter' or 'threshold'")
+    tm = _THRESHOLD_METHODS.get(params.threshold_method)
+    ctm = _THRESHOLD_METHODS.get(params.cell_threshold_method)
+    if tm is None or ctm is None:
+        raise MorphobenchError(f"the cellprofiler backend thresholds with {sorted(_THRESHOLD_METHODS)}; "
+                               f"got {params.threshold_method!r} / {params.cell_threshold_method!r}")
+    if params.declump not in _DECLUMP:
+        raise MorphobenchError(f"unknown declump {params.declump!r}; use {sorted(_DECLUMP)}")
+    if params.cell_method not in _CELL_METHODS:
+        raise MorphobenchError(f"unknown cell_method {params.cell_method!r}; use {sorted(_CELL_METHODS)}")
+    if params.compactness:
+        log.warning("cellprofiler backend: watershed compactness %s has no CellProfiler setting; ignored",
+                    params.compactness)
+    lines = params.dividing_lines or params.declump
+    s = {
+        "nuclei_channel": params.nuclei_channel,
+        "min_diameter": int(round(params.min_diameter)),
+        "max_diameter": int(round(params.max_diameter)),
+        "threshold_method": tm,
+        "threshold_smoothing_scale": params.smooth_sigma * _SCALE_PER_SIGMA,
+        "threshold_correction_factor": params.threshold_correction,
+        "unclump_method": _DECLUMP[params.declump],
+        "watershed_method": _DECLUMP.get(lines, "None") if params.declump != "none" else "None",
+        "declump_smoothing_filter_size": (None if params.declump_sigma is None
+                                          else max(1, int(round(params.declump_sigma * 2.35)))),
+        "maxima_suppression_size": params.maxima_suppression,
+        "exclude_border_objects": bool(params.exclude_border),
+        "cells_channel": params.cell_channel,
+        "cells_method": _CELL_METHODS[params.cell_method],
+        "cells_threshold_method": ctm,
+        "cells_threshold_smoothing_scale": params.cell_smooth_sigma * _SCALE_PER_SIGMA,
+        "cells_threshold_correction_factor": params.cell_threshold_correction,
+        # "Distance - N" without a limit in the in-process backend: dilate "as far as needed"
+        "distance_to_dilate": int(params.cell_max_distance) if params.cell_max_distance is not None
+        else 100000,
+    }
+    if smoothing == "gaussian_filter":
+        s.update({"pre_smooth_sigma": float(params.smooth_sigma), "threshold_smoothing_scale": 0.0,
+                  "cells_pre_smooth_sigma": float(params.cell_smooth_sigma),
+                  "cells_threshold_smoothing_scale": 0.0})
+    if params.threshold_log:
+        raise MorphobenchError("threshold_log is not supported by the cellprofiler backend's "
+                               "IdentifyPrimaryObjects settings here; set it false")
+    s.update(overrides)
+    return s
+
+
+def run_segment_cp(rows: pd.DataFrame, labels_out: str | os.PathLike, objects_out: str | os.PathLike,
+                   params: SegmentParams = SegmentParams(), *, illum=None,
+                   qc_out: str | os.PathLike | None = None, root=None, python=None,
+                   cp_settings: Mapping | None = None, timeout: float | None = None
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Segment one plate with CellProfiler; write the label store, object table (and QC table).
+
+    Outputs have exactly the layout of :func:`morphobench.images.segment.run_segment` (zarr
+    ``sites × 2 (Nuclei, Cells) × H × W`` uint32 + attributes; object table from
+    :func:`~morphobench.images.segment.object_table`); the store's attributes add
+    ``backend: cellprofiler``, the CellProfiler settings and the environment's versions.
+    Nothing is left behind on failure.
+    """
+    import zarr
+
+    if rows.empty:
+        raise MorphobenchError("segment (cellprofiler): no sites")
+    channels = sheet_channels(rows)
+    use = [params.nuclei_channel] + ([params.cell_channel] if params.cell_channel != params.nuclei_channel else [])
+    for ch in use:
+        if ch not in channels:
+            raise MorphobenchError(f"segmentation channel {ch!r} not in the image sheet (has {channels})")
+    settings = cp_segment_settings(params, cp_settings)
+    sites = request_sites(rows, use, root)
+    with _Workdir() as wd:
+        res = run_worker("segment", sites, use, settings, wd, python=python,
+                         illum=_illum_file(illum, wd), timeout=timeout)
+        info = {d["site"]: d for d in res["sites"]}
+        tables, qcs = [], []
+        labels_out = Path(labels_out)
+        with np.load(wd / "segment" / "labels.npz") as z, atomic_path(labels_out, is_dir=True) as tmp:
+            arr = None
+            for i, (_, row) in enumerate(rows.iterrows()):
+                nuc = z[f"s{i}_nuclei"].astype(np.uint32)
+                cel = z[f"s{i}_cells"].astype(np.uint32)
+                if arr is None:
+                    h, w = nuc.shape
+                    arr = zarr.create_array(str(tmp), shape=(len(rows), 2, h, w), chunks=(1, 2, h, w),
+                                            dtype="uint32", fill_value=0, overwrite=True,
+                                            dimension_names=("site", "object", "y", "x"))
+                elif nuc.shape != tuple(arr.shape[2:]):
+                    raise MorphobenchError(f"site {site_label(row)}: shape {nuc.shape} differs from the "
+                                           f"plate's first site {tuple(arr.shape[2:])}")
+                arr[i] = np.stack([nuc, cel])
+                meta = site_meta(row)
+                d = info[i]
+                blank = d.get("blank", [])
+                if blank:
+                    log.warning("segment (cellprofiler): site %s has blank channel(s) %s",
+                                site_label(row), ",".join(blank))
+                scale = float(d.get("scale", 1.0))  # CellProfiler thresholds are on [0, 1]
+                qcs.append({**meta, "ImageNumber": i + 1, "Count_Nuclei": int(nuc.max()),
+                            "Count_Cells": int(len(np.unique(cel)) - 1),
+                            "Threshold_Nuclei": _num(d.get("threshold_nuclei")) * scale,
+                            "Threshold_Cells": _num(d.get("threshold_cells")) * scale,
+                            "QC_Blank": bool(blank), "QC_BlankChannels": ",".join(blank)})
+                tables.append(object_table(nuc, cel, meta, image_number=i + 1))
+            qc_df = pd.DataFrame(qcs)
+            arr.attrs.update({"objects": list(OBJECTS), "channels_used": use, "params": asdict(params),
+                              "sites": _jsonable(qc_df), "backend": "cellprofiler",
+                              "cp_settings": _jsonable_obj(settings),
+                              "versions": res.get("versions", {})})
+    objects = pd.concat(tables, ignore_index=True)
+    for k in SITE_KEYS:  # keep the sheet's dtypes even when some sites have no objects
+        objects[k] = objects[k].astype(rows[k].dtype)
+    write_parquet(objects, objects_out)
+    if qc_out:
+        write_parquet(qc_df, qc_out)
+    return objects, qc_df
+
+
+def _num(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def _jsonable_obj(v):
+    if isinstance(v, dict):
+        return {k: _jsonable_obj(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable_obj(x) for x in v]
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and not np.isfinite(v):
+        return None
+    return v
+
+
+def _jsonable(df: pd.DataFrame) -> list[dict]:
+    return [_jsonable_obj(rec) for rec in df.to_dict("records")]
+
+
+# --------------------------------------------------------------------------------------------
+# Measurement
+# --------------------------------------------------------------------------------------------
+def labels_to_npz(labels_store: str | os.PathLike, rows: pd.DataFrame, path: Path) -> Path:
+    """Write a plate label store's sites, in ``rows`` order, as the worker's labels ``.npz``."""
+    arr, sites = open_labels(labels_store)
+    keys = [k for k in SITE_KEYS if k in sites.columns]
+    index = {tuple(str(v) for v in r): i for i, r in enumerate(sites[keys].itertuples(index=False))}
+    out = {}
+    for j, (_, row) in enumerate(rows.iterrows()):
+        key = tuple(str(row[k]) for k in keys)
+        if key not in index:
+            raise MorphobenchError(f"label store {labels_store}: no labels for site {site_label(row)}")
+        lab = np.asarray(arr[index[key]])
+        if lab.max() > np.iinfo(np.int32).max:
+            raise MorphobenchError(f"label store {labels_store}: object numbers beyond int32")
+        out[f"s{j}_nuclei"] = lab[0].astype(np.int32)
+        out[f"s{j}_cells"] = lab[1].astype(np.int32)
+    np.savez(path, **out)
+    return path
+
+
+def run_features_cp(rows: pd.DataFrame, labels_store: str | os.PathLike, out: str | os.PathLike, *,
+                    illum=None, root=None, python=None, settings: Mapping | None = None,
+                    timeout: float | None = None) -> pd.DataFrame:
+    """Object-level CellProfiler measurements of one plate; writes ``out`` (parquet).
+
+    ``settings``: the worker's measurement settings (``cp_worker.MEASURE_DEFAULTS`` names:
+    ``compartments``, ``categories`` — AreaShape, Intensity, Texture, Granularity,
+    RadialDistribution, Correlation, Neighbors —, ``channels``, texture scales, …).
+    One row per object: ``Metadata_*`` site keys, ``ImageNumber``, ``ObjectNumber``, then the
+    features named as CellProfiler names them (``Nuclei_AreaShape_Area``,
+    ``Cells_Intensity_MeanIntensity_AGP``, ``Cytoplasm_Texture_Contrast_Mito_3_00_256`` …).
+    Intensities are on CellProfiler's scale (16-bit counts / 65535, after illumination correction).
+    """
+    if rows.empty:
+        raise MorphobenchError("features (cellprofiler): no sites")
+    settings = dict(settings or {})
+    channels = list(settings.get("channels") or sheet_channels(rows))
+    sites = request_sites(rows, channels, root)
+    with _Workdir() as wd:
+        lpath = labels_to_npz(labels_store, rows, wd / "labels_in.npz")
+        run_worker("measure", sites, channels, settings, wd, python=python,
+                   illum=_illum_file(illum, wd), labels=lpath, timeout=timeout)
+        feats = pd.read_csv(wd / "measure" / "features.csv")  # repr floats: exact
+    meta = pd.DataFrame([site_meta(r) for _, r in rows.iterrows()])
+    meta["ImageNumber"] = np.arange(1, len(rows) + 1, dtype=np.int64)
+    site = feats.pop("site").to_numpy()
+    front = meta.iloc[site].reset_index(drop=True)
+    feats["ObjectNumber"] = feats["ObjectNumber"].astype(np.int64)
+    df = pd.concat([front, feats.reset_index(drop=True)], axis=1)
+    for k in SITE_KEYS:
+        df[k] = df[k].astype(rows[k].dtype)
+    fcols = [c for c in df.columns if c not in (*SITE_KEYS, "ImageNumber", "ObjectNumber")]
+    df[fcols] = df[fcols].astype(np.float64)
+    write_parquet(df, out)
+    return df
+
+
+# --------------------------------------------------------------------------------------------
+# Command line (what the Snakemake rules call)
+# --------------------------------------------------------------------------------------------
+def _params_from(cls, text: str | None):
+    from morphobench.images.io import params_from
+
+    return params_from(cls, text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from morphobench.images.io import load_sheet
+    from morphobench.io import setup_logging
+
+    ap = argparse.ArgumentParser(prog="python -m morphobench.images.cp_backend",
+                                 description="CellProfiler backend (runs the worker in its own env)")
+    ap.add_argument("task", choices=["check", "illum", "segment", "features"])
+    ap.add_argument("--sheet", help="image sheet (parquet)")
+    ap.add_argument("--plate")
+    ap.add_argument("--illum", help="illumination .npz (input of segment/features; output of illum)")
+    ap.add_argument("--png", help="illum: PNG of the functions")
+    ap.add_argument("--labels", help="label store (output of segment; input of features)")
+    ap.add_argument("--objects", help="segment: object table (parquet)")
+    ap.add_argument("--qc", help="segment: QC table (parquet)")
+    ap.add_argument("--out", help="features: output parquet")
+    ap.add_argument("--params", default="", help="JSON (or @file) of the in-process params")
+    ap.add_argument("--cp-settings", default="", help="JSON of CellProfiler settings (override)")
+    ap.add_argument("--python", help="interpreter of the CellProfiler environment")
+    ap.add_argument("--root", help="directory relative image paths are resolved against")
+    ap.add_argument("--log")
+    a = ap.parse_args(argv)
+    setup_logging(a.log)
+    cps = json.loads(a.cp_settings) if a.cp_settings.strip() else None
+    if a.task == "check":
+        print(json.dumps(worker_versions(a.python), indent=1))
+        return 0
+    if not (a.sheet and a.plate):
+        ap.error("--sheet and --plate are required")
+    rows = load_sheet(a.sheet, plate=a.plate)
+    if a.task == "illum":
+        run_illum_cp(rows, a.illum, _params_from(IllumParams, a.params), png=a.png, root=a.root,
+                     python=a.python, cp_settings=cps)
+    elif a.task == "segment":
+        run_segment_cp(rows, a.labels, a.objects, _params_from(SegmentParams, a.params), illum=a.illum,
+                       qc_out=a.qc, root=a.root, python=a.python, cp_settings=cps)
+    else:
+        run_features_cp(rows, a.labels, a.out, illum=a.illum, root=a.root, python=a.python,
+                        settings=cps or (json.loads(a.params) if a.params.strip() else None))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except MorphobenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)

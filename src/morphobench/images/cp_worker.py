@@ -1,0 +1,679 @@
+#!/usr/bin/env python
+"""CellProfiler worker of morphobench's ``cellprofiler`` image backend.
+
+Runs in the SEPARATE CellProfiler environment (``envs/cellprofiler.yaml`` /
+``.venv-cellprofiler``, numpy < 2), never in morphobench's own: it is started as a script,
+
+    <cp python> cp_worker.py REQUEST.json      # do one task
+    <cp python> cp_worker.py --version         # print the environment's versions as JSON
+
+and imports nothing from morphobench (stdlib + numpy + scipy + scikit-image + tifffile +
+cellprofiler_library / cellprofiler_core of that environment). The driver
+(:mod:`morphobench.images.cp_backend`) writes the request and converts the outputs.
+
+Request (JSON)::
+
+    {"protocol": 1, "task": "illum" | "segment" | "measure",
+     "channels": ["DNA", "ER", ...],
+     "sites": [{"paths": {"DNA": "/abs/a.tif", ...}}, ...],   # site i = position i
+     "illum": "/abs/illum.npz" | null,     # one float array per channel (>= 1), images are divided
+     "labels": "/abs/labels.npz" | null,   # task measure: s{i}_nuclei, s{i}_cells (int32)
+     "params": {...},                      # per task, see ILLUM/SEGMENT/MEASURE_DEFAULTS
+     "out_dir": "/abs/dir"}
+
+Outputs in ``out_dir`` (written only by this process; the driver moves them atomically):
+
+- illum:   ``illum.npz`` (channel -> float32 function) + ``illum.json`` (images used per channel)
+- segment: ``labels.npz`` (``s{i}_nuclei``, ``s{i}_cells``; int32, same object numbers) +
+  ``objects.csv`` (site, ObjectNumber, Nuclei/Cells Location_Center_X/Y and AreaShape_Area)
+- measure: ``features.csv`` (site, ObjectNumber, CellProfiler-named columns such as
+  ``Nuclei_AreaShape_Area``, ``Cells_Intensity_MeanIntensity_AGP``)
+- always:  ``result.json`` on success, or ``error.json`` ({"error", "message", "file",
+  "traceback"}) and exit status 2 on failure; the driver raises with the file it names.
+
+Pixel scale is CellProfiler's: integer images are divided by their type's maximum (16-bit counts /
+65535), so intensities lie in [0, 1] as in a CellProfiler pipeline.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import time
+import traceback
+import warnings
+
+PROTOCOL = 1
+
+# --------------------------------------------------------------------------------------------
+# Defaults of every task (the driver fills them from the morphobench config; names follow the
+# CellProfiler module settings they set).
+# --------------------------------------------------------------------------------------------
+ILLUM_DEFAULTS = {
+    # CorrectIlluminationCalculate, "All" images of the plate, "Regular" intensities. As in the
+    # JUMP illumination pipelines, images are shrunk first (Resize ×1/downsample), the function is
+    # computed at low resolution and enlarged back (bilinear).
+    "downsample": 4,
+    "smoothing_method": "Median Filter",
+    "filter_size": 20,            # "Smoothing filter size" (manual), in downsampled pixels
+    "rescale": "Yes",             # divide by the robust minimum (2nd percentile): function >= 1
+    "skip_blank": True,           # constant images (e.g. an empty channel) are not averaged
+}
+SEGMENT_DEFAULTS = {
+    # GaussianFilter (σ, pixels) applied before IdentifyPrimaryObjects / IdentifySecondaryObjects
+    # (0: none; the Identify modules' own "threshold smoothing scale" is the other way to smooth)
+    "pre_smooth_sigma": 0.0,
+    "cells_pre_smooth_sigma": 0.0,
+    # IdentifyPrimaryObjects (nuclei)
+    "nuclei_channel": "DNA",
+    "min_diameter": 8,            # "Typical diameter of objects" (pixels)
+    "max_diameter": 40,
+    "threshold_method": "Otsu",   # global two-class Otsu
+    "threshold_smoothing_scale": 1.3488,
+    "threshold_correction_factor": 1.0,
+    "threshold_min": 0.0,
+    "threshold_max": 1.0,
+    "unclump_method": "Intensity",
+    "watershed_method": "Intensity",
+    "declump_smoothing_filter_size": None,   # None: automatic (2.35 · min_diameter / 3.5)
+    "maxima_suppression_size": None,         # None: automatic
+    "low_res_maxima": True,
+    "exclude_border_objects": True,
+    "exclude_size": True,
+    "fill_holes": "After both thresholding and declumping",
+    # IdentifySecondaryObjects (cells)
+    "cells_channel": "AGP",
+    "cells_method": "Propagation",
+    "cells_threshold_method": "Otsu",
+    "cells_threshold_smoothing_scale": 0.0,
+    "cells_threshold_correction_factor": 1.0,
+    "regularization_factor": 0.05,
+    "distance_to_dilate": 10,
+    "cells_fill_holes": True,
+    "discard_edge_cells": False,
+}
+MEASURE_DEFAULTS = {
+    "compartments": ["Nuclei", "Cells", "Cytoplasm"],
+    "categories": ["AreaShape", "Intensity", "Texture"],
+    "channels": None,             # None: every channel of the request
+    "zernike": True,              # MeasureObjectSizeShape: Zernike features
+    "advanced_shape": False,      # MeasureObjectSizeShape: advanced (moments, inertia) features
+    "texture_scales": [3],
+    "texture_gray_levels": 256,
+    "granularity_spectrum_length": 16,
+    "granularity_subsample_size": 0.25,
+    "granularity_image_sample_size": 0.25,
+    "granularity_element_size": 10,
+    "radial_bins": 4,
+    "radial_maximum_radius": 100,
+    "neighbors_distance": 5,      # MeasureObjectNeighbors "Within a specified distance"
+    "shrink_primary": True,       # IdentifyTertiaryObjects "Shrink smaller object prior to subtraction?"
+    "keep_location": False,       # keep Location_* columns (positions, not morphology) in the table
+}
+
+
+class WorkerError(Exception):
+    """An error with the file it concerns (reported to the driver in error.json)."""
+
+    def __init__(self, message: str, file: str | None = None):
+        super().__init__(message)
+        self.file = file
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------------------------
+def _np():
+    import numpy
+
+    return numpy
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"protocol": PROTOCOL, "python": sys.version.split()[0]}
+    for name in ("numpy", "scipy", "scikit-image", "tifffile", "cellprofiler-library-nightly",
+                 "cellprofiler-core-nightly", "centriole-nightly"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def image_scale(img) -> float:
+    """The divisor CellProfiler applies to a file's values (integer type maximum, else 1)."""
+    np = _np()
+    return float(np.iinfo(img.dtype).max) if np.issubdtype(img.dtype, np.integer) else 1.0
+
+
+def read_image(path: str, with_scale: bool = False):
+    """One 2-D plane as float32 in CellProfiler's [0, 1] scale; errors name the file."""
+    np = _np()
+    if not os.path.exists(path):
+        raise WorkerError("image file not found", path)
+    try:
+        if path.lower().endswith((".tif", ".tiff")):
+            import tifffile
+
+            img = tifffile.imread(path)
+        else:
+            import skimage.io
+
+            img = skimage.io.imread(path)
+    except Exception as err:
+        raise WorkerError(f"cannot read image: {type(err).__name__}: {err} (truncated or corrupt file?)",
+                          path) from err
+    img = np.asarray(img)
+    if img.ndim == 3 and 1 in (img.shape[0], img.shape[-1]):
+        img = img.reshape(img.shape[:-1] if img.shape[-1] == 1 else img.shape[1:])
+    if img.ndim != 2 or img.size == 0:
+        raise WorkerError(f"expected a single 2-D plane, got shape {img.shape}", path)
+    scale = image_scale(img)
+    out = img.astype(np.float32)
+    if scale != 1.0:
+        out /= np.float32(scale)
+    if not np.all(np.isfinite(out)):
+        raise WorkerError("image contains NaN or infinite values", path)
+    return (out, scale) if with_scale else out
+
+
+def load_illum(path: str | None, channels):
+    if not path:
+        return None
+    np = _np()
+    if not os.path.exists(path):
+        raise WorkerError("illumination functions not found", path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            funcs = {ch: z[ch].astype(np.float32) for ch in channels if ch in z.files}
+    except Exception as err:
+        raise WorkerError(f"cannot read illumination functions: {err}", path) from err
+    missing = [ch for ch in channels if ch not in funcs]
+    if missing:
+        raise WorkerError(f"illumination functions have no channel(s) {missing}", path)
+    return funcs
+
+
+def read_channel(site: dict, ch: str, illum, with_scale: bool = False):
+    """One channel of a site, illumination-corrected (CorrectIlluminationApply, Divide).
+
+    ``with_scale``: return ``(image, divisor applied to the file's values, raw image constant?)``
+    (blankness is judged BEFORE the correction, which would make a constant image non-constant).
+    """
+    try:
+        path = site["paths"][ch]
+    except KeyError:
+        raise WorkerError(f"request names no file for channel {ch!r} of a site (has "
+                          f"{sorted(site.get('paths', {}))})") from None
+    img, scale = read_image(path, with_scale=True)
+    blank = float(img.max() - img.min()) <= 0.0
+    if illum is not None:
+        f = illum[ch]
+        if f.shape != img.shape:
+            raise WorkerError(f"image shape {img.shape} differs from the illumination function's "
+                              f"{f.shape} for channel {ch}", path)
+        from cellprofiler_library.modules._correctilluminationapply import correct_illumination_apply
+
+        img = correct_illumination_apply(img, f, "Divide", truncate_low=False, truncate_high=False)
+        img = img.astype(_np().float32, copy=False)
+    return (img, scale, blank) if with_scale else img
+
+
+class Progress:
+    """``progress: <task> <done>/<total>`` lines on stderr, at most every ``every`` seconds (the
+    driver relays them to the rule's log)."""
+
+    def __init__(self, task: str, total: int, every: float = 5.0):
+        self.task, self.total, self.every, self.last = task, total, every, time.time()
+
+    def __call__(self, done: int) -> None:
+        now = time.time()
+        if done == self.total or now - self.last >= self.every:
+            self.last = now
+            print(f"progress: {self.task} {done}/{self.total}", file=sys.stderr, flush=True)
+
+
+def _merge(defaults: dict, given: dict | None, task: str) -> dict:
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise WorkerError(f"{task}: unknown parameter(s) {unknown}; allowed {sorted(defaults)}")
+    out = dict(defaults)
+    out.update(given)
+    return out
+
+
+def _write_csv(path: str, header: list, rows) -> None:
+    # repr() of a Python float round-trips exactly (pandas reads it back bit-identical)
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(header)
+        for r in rows:
+            w.writerow([repr(float(v)) if isinstance(v, float) else v for v in r])
+
+
+# --------------------------------------------------------------------------------------------
+# Task: illumination functions (one plate)
+# --------------------------------------------------------------------------------------------
+def task_illum(req: dict) -> dict:
+    np = _np()
+    from cellprofiler_library.modules._correctilluminationcalculate import correctilluminationcalculate
+    from skimage.transform import downscale_local_mean, resize
+
+    p = _merge(ILLUM_DEFAULTS, req.get("params"), "illum")
+    channels, sites = req["channels"], req["sites"]
+    if not sites:
+        raise WorkerError("illum: the request has no sites")
+    ds = int(p["downsample"])
+    funcs, used, skipped, shape = {}, {}, [], None
+    prog = Progress("illum", len(channels) * len(sites))
+    for ci, ch in enumerate(channels):
+        acc = None
+        n = 0
+        for i, site in enumerate(sites):
+            prog(ci * len(sites) + i)
+            img = read_channel(site, ch, None)
+            if shape is None:
+                shape = img.shape
+            elif img.shape != shape:
+                raise WorkerError(f"shape {img.shape} differs from the plate's other images {shape} "
+                                  "(one illumination function per plate needs equal shapes)",
+                                  site["paths"][ch])
+            if p["skip_blank"] and float(img.max() - img.min()) <= 0.0:
+                skipped.append({"site": i, "channel": ch, "file": site["paths"][ch]})
+                continue
+            if ds > 1:  # block mean (Resize ×1/ds); partial edge blocks average their own pixels
+                small = downscale_local_mean(img, (ds, ds))
+                if img.shape[0] % ds or img.shape[1] % ds:
+                    small = small / downscale_local_mean(np.ones(img.shape), (ds, ds))
+                small = small.astype(np.float32)
+            else:
+                small = img
+            n += 1
+            if acc is None:
+                acc = correctilluminationcalculate(
+                    small, None, intensity_choice="Regular", smoothing_method=p["smoothing_method"],
+                    block_size=60, dilate_objects=False, object_dilation_radius=1,
+                    automatic_object_width="Manually", size_of_smoothing_filter=int(p["filter_size"]),
+                    object_width=10, automatic_splines=True, spline_bg_mode="auto", spline_points=5,
+                    spline_threshold=2.0, spline_convergence=0.001, spline_maximum_iterations=40,
+                    spline_rescale=2.0, rescale_option=p["rescale"])
+            else:
+                acc = acc.accumulate(small, None)
+        used[ch] = n
+        if acc is None:  # every image blank: no correction
+            funcs[ch] = np.ones(shape, np.float32)
+            continue
+        out, _dilated, _avg, _mask = acc.finalize()
+        out = np.asarray(out, np.float64)
+        if ds > 1:
+            out = resize(out, shape, order=1, mode="edge", anti_aliasing=False, preserve_range=True)
+        if not np.all(np.isfinite(out)) or out.min() <= 0:
+            funcs[ch] = np.ones(shape, np.float32)  # blank / non-positive average: no correction
+        else:
+            funcs[ch] = out.astype(np.float32)
+    prog(prog.total)
+    np.savez_compressed(os.path.join(req["out_dir"], "illum.npz"), **funcs)
+    with open(os.path.join(req["out_dir"], "illum.json"), "w") as fh:
+        json.dump({"n_images": used, "skipped": skipped, "params": p}, fh, indent=1)
+    return {"channels": channels, "n_images": used, "n_skipped": len(skipped)}
+
+
+# --------------------------------------------------------------------------------------------
+# Task: segmentation (nuclei = IdentifyPrimaryObjects, cells = IdentifySecondaryObjects)
+# --------------------------------------------------------------------------------------------
+def segment_site(dna, cyto, p: dict, dna_blank: bool = False, cyto_blank: bool = False):
+    """Return ``(nuclei, cells, info)``; int32 labels, cells numbered as their nucleus.
+
+    A blank (constant) nuclei image gives no objects; a blank cell image gives cells = nuclei.
+    """
+    np = _np()
+    if dna_blank:
+        z = np.zeros(dna.shape, np.int32)
+        return z, z.copy(), {"n": 0, "threshold_nuclei": float("nan"), "threshold_cells": float("nan")}
+    from cellprofiler_library.modules import gaussianfilter, identifyprimaryobjects, identifysecondaryobjects
+
+    if float(p["pre_smooth_sigma"]) > 0:
+        dna = gaussianfilter(dna, float(p["pre_smooth_sigma"])).astype(np.float32)
+    if float(p["cells_pre_smooth_sigma"]) > 0:
+        cyto = gaussianfilter(cyto, float(p["cells_pre_smooth_sigma"])).astype(np.float32)
+    kw = {}
+    if p["declump_smoothing_filter_size"] is not None:
+        kw["smoothing_filter_size"] = int(p["declump_smoothing_filter_size"])
+    if p["maxima_suppression_size"] is not None:
+        kw["automatic_suppression"] = False
+        kw["maxima_suppression_size"] = float(p["maxima_suppression_size"])
+    res = identifyprimaryobjects(
+        dna, mask=None, threshold_method=p["threshold_method"], threshold_scope="Global",
+        assign_middle_to_foreground="Foreground",
+        threshold_smoothing=float(p["threshold_smoothing_scale"]),
+        threshold_correction_factor=float(p["threshold_correction_factor"]),
+        threshold_min=float(p["threshold_min"]), threshold_max=float(p["threshold_max"]),
+        exclude_size=bool(p["exclude_size"]), min_size=int(p["min_diameter"]),
+        max_size=int(p["max_diameter"]), exclude_border_objects=bool(p["exclude_border_objects"]),
+        unclump_method=p["unclump_method"], watershed_method=p["watershed_method"],
+        fill_holes_method=p["fill_holes"], low_res_maxima=bool(p["low_res_maxima"]),
+        return_cp_output=True, **kw)
+    nuclei, unedited = res[0].astype(np.int32), res[1].astype(np.int32)
+    nuc_threshold = float(res[12])
+    if cyto_blank and nuclei.max() > 0:
+        return nuclei, nuclei.copy(), {"n": int(nuclei.max()), "threshold_nuclei": nuc_threshold,
+                                       "threshold_cells": float("nan")}
+    if nuclei.max() == 0:
+        return nuclei, np.zeros_like(nuclei), {"n": 0, "threshold_nuclei": nuc_threshold,
+                                               "threshold_cells": float("nan")}
+    # an all-true mask, not None: the watershed methods AND their mask with it
+    sres = identifysecondaryobjects(
+        cyto, nuclei, unedited_objects=unedited, mask=np.ones(cyto.shape, bool),
+        secondary_object_method=p["cells_method"], threshold_method=p["cells_threshold_method"],
+        threshold_scope="Global", assign_middle_to_foreground="Foreground",
+        threshold_smoothing=float(p["cells_threshold_smoothing_scale"]),
+        threshold_correction_factor=float(p["cells_threshold_correction_factor"]),
+        distance_to_dilate=int(p["distance_to_dilate"]), fill_holes=bool(p["cells_fill_holes"]),
+        discard_edge=bool(p["discard_edge_cells"]),
+        regularization_factor=float(p["regularization_factor"]), return_cp_output=True)
+    cell_threshold = float(np.mean(np.atleast_1d(sres[0]))) if sres[0] is not None else float("nan")
+    nuclei_out = np.asarray(sres[5]).astype(np.int32)   # = nuclei unless edge cells were discarded
+    cells = np.asarray(sres[6]).astype(np.int32)
+    return nuclei_out, cells, {"n": int(nuclei_out.max()), "threshold_nuclei": nuc_threshold,
+                               "threshold_cells": cell_threshold}
+
+
+def _centres_areas(labels, n: int):
+    np = _np()
+    from scipy import ndimage
+
+    idx = np.arange(1, n + 1)
+    if n == 0:
+        z = np.zeros(0)
+        return z, z, z
+    area = ndimage.sum_labels(np.ones(labels.shape), labels, idx)
+    yy, xx = np.mgrid[0:labels.shape[0], 0:labels.shape[1]]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cy = ndimage.sum_labels(yy, labels, idx) / area
+        cx = ndimage.sum_labels(xx, labels, idx) / area
+    return cx, cy, area
+
+
+def task_segment(req: dict) -> dict:
+    np = _np()
+    p = _merge(SEGMENT_DEFAULTS, req.get("params"), "segment")
+    illum = load_illum(req.get("illum"), [p["nuclei_channel"], p["cells_channel"]])
+    arrays, rows, info = {}, [], []
+    prog = Progress("segment", len(req["sites"]))
+    for i, site in enumerate(req["sites"]):
+        prog(i)
+        dna, scale, dna_blank = read_channel(site, p["nuclei_channel"], illum, with_scale=True)
+        cyto, _, cyto_blank = read_channel(site, p["cells_channel"], illum, with_scale=True)
+        blank = [ch for ch, b in ((p["nuclei_channel"], dna_blank), (p["cells_channel"], cyto_blank)) if b]
+        if dna.shape != cyto.shape:
+            raise WorkerError(f"{p['nuclei_channel']} image {dna.shape} and {p['cells_channel']} "
+                              f"image {cyto.shape} differ in shape", site["paths"][p["cells_channel"]])
+        try:
+            nuclei, cells, inf = segment_site(dna, cyto, p, dna_blank, cyto_blank)
+        except WorkerError:
+            raise
+        except Exception as err:
+            raise WorkerError(f"segmentation failed: {type(err).__name__}: {err}",
+                              site["paths"][p["nuclei_channel"]]) from err
+        arrays[f"s{i}_nuclei"] = nuclei
+        arrays[f"s{i}_cells"] = cells
+        n = inf["n"]
+        ncx, ncy, nar = _centres_areas(nuclei, n)
+        ccx, ccy, car = _centres_areas(cells, n)
+        for k in range(n):
+            rows.append([i, k + 1, float(ncx[k]), float(ncy[k]), float(nar[k]),
+                         float(ccx[k]), float(ccy[k]), float(car[k])])
+        info.append({"site": i, **inf, "scale": scale, "blank": list(dict.fromkeys(blank))})
+    prog(prog.total)
+    np.savez_compressed(os.path.join(req["out_dir"], "labels.npz"), **arrays)
+    _write_csv(os.path.join(req["out_dir"], "objects.csv"),
+               ["site", "ObjectNumber", "Nuclei_Location_Center_X", "Nuclei_Location_Center_Y",
+                "Nuclei_AreaShape_Area", "Cells_Location_Center_X", "Cells_Location_Center_Y",
+                "Cells_AreaShape_Area"], rows)
+    return {"sites": info, "n_objects": len(rows), "params": p}
+
+
+# --------------------------------------------------------------------------------------------
+# Task: measurement (CellProfiler Measure* modules)
+# --------------------------------------------------------------------------------------------
+def _object_measurements(lm, object_name: str) -> dict:
+    """Per-object arrays of a LibraryMeasurements for one object set."""
+    return dict(lm.objects.get(object_name, {}))
+
+
+def measure_site(images: dict, labels: dict, p: dict) -> dict:
+    """Measure one site. ``images``: channel -> float32 [0,1]; ``labels``: compartment -> int32.
+
+    Returns ``{column: array(n)}`` with CellProfiler names ``{Compartment}_{Category}_...``.
+    All compartments share object numbers 1..n (n = number of nuclei).
+    """
+    np = _np()
+    from cellprofiler_library.modules import measureobjectsizeshape
+
+    cats = set(p["categories"])
+    n = int(labels["Nuclei"].max()) if labels["Nuclei"].size else 0
+    out: dict = {}
+
+    def put(comp, name, values):
+        v = np.asarray(values, dtype=np.float64).reshape(-1)
+        if v.shape[0] != n:  # objects absent from a compartment's label image → NaN
+            full = np.full(n, np.nan)
+            full[: min(n, v.shape[0])] = v[:n]
+            v = full
+        out[f"{comp}_{name}"] = v
+
+    chans = p["channels"] or list(images)
+    for comp in p["compartments"]:
+        lab = labels[comp]
+        present = np.zeros(n + 1, bool)
+        present[np.unique(lab)] = True
+        if n and not present[1:].all():
+            raise WorkerError(f"{comp} labels lack object number(s) "
+                              f"{(np.flatnonzero(~present[1:]) + 1)[:10].tolist()} that the nuclei have "
+                              "(every compartment must hold objects 1..N)")
+        if "AreaShape" in cats:
+            lm = measureobjectsizeshape(lab[None, None, None, None], comp,
+                                        calculate_advanced=bool(p["advanced_shape"]),
+                                        calculate_zernikes=bool(p["zernike"]))
+            for name, v in _object_measurements(lm, comp).items():
+                put(comp, name, v)
+        if "Intensity" in cats:
+            from cellprofiler_library.modules._measureobjectintensity import measure_object_intensity
+
+            for ch in chans:
+                lm = measure_object_intensity(images[ch], ch, comp, None,
+                                              [(lab, np.arange(1, n + 1, dtype=np.int32))], n, 2)
+                for name, v in _object_measurements(lm, comp).items():
+                    if name.startswith("Location_") and not p["keep_location"]:
+                        continue
+                    put(comp, name, v)
+        if "Texture" in cats:
+            from cellprofiler_library.modules._measuretexture import measure_object_texture
+
+            for ch in chans:
+                for scale in p["texture_scales"]:
+                    lm = measure_object_texture(comp, lab, ch, images[ch], None,
+                                                int(p["texture_gray_levels"]),
+                                                np.arange(1, n + 1, dtype=np.int32), int(scale), False)
+                    for name, v in _object_measurements(lm, comp).items():
+                        put(comp, name, v)
+        if "RadialDistribution" in cats:
+            from cellprofiler_library.modules._measureobjectintensitydistribution import (
+                measureobjectintensitydistribution,
+            )
+
+            cache = None
+            for ch in chans:
+                lm, cache = measureobjectintensitydistribution(
+                    images[ch], ch, lab, comp, np.arange(1, n + 1, dtype=np.int32), "These objects",
+                    int(p["radial_bins"]), True, int(p["radial_maximum_radius"]),
+                    cached_center_distances=cache)
+                for name, v in _object_measurements(lm, comp).items():
+                    if "_BinNumber_" in name:  # the bin index itself (constant per bin): no feature
+                        continue
+                    put(comp, name, v)
+        if "Correlation" in cats:
+            from cellprofiler_library.modules._measurecolocalization import run_image_pair_objects
+
+            for a in range(len(chans)):
+                for b in range(a + 1, len(chans)):
+                    lm = run_image_pair_objects(images[chans[a]], images[chans[b]], lab, n,
+                                                chans[a], chans[b], comp,
+                                                measurement_types=["Correlation"])
+                    for name, v in _object_measurements(lm, comp).items():
+                        put(comp, name, v)
+        if "Neighbors" in cats:
+            from cellprofiler_library.modules._measureobjectneighbors import measure_object_neighbors
+
+            has = np.zeros(n, bool)
+            has[np.unique(lab[lab > 0]) - 1] = True
+            lm = measure_object_neighbors(lab, lab, lab, lab, comp, comp, True, 2,
+                                          int(p["neighbors_distance"]), "Within a specified distance",
+                                          has, n)
+            for name, v in _object_measurements(lm, comp).items():
+                if "ObjectNumber" in name:
+                    continue
+                put(comp, name, v)
+    if "Granularity" in cats:
+        from cellprofiler_library.functions.measurement import ObjectRecord
+        from cellprofiler_library.modules._measuregranularity import measure_granularity
+
+        for ch in chans:
+            mask = np.ones(images[ch].shape, bool)
+            recs = [ObjectRecord(c, labels[c], mask, images[ch]) for c in p["compartments"]]
+            lm = measure_granularity(ch, images[ch], mask, float(p["granularity_subsample_size"]),
+                                     float(p["granularity_image_sample_size"]),
+                                     int(p["granularity_element_size"]), recs,
+                                     int(p["granularity_spectrum_length"]))
+            for comp in p["compartments"]:
+                for name, v in _object_measurements(lm, comp).items():
+                    put(comp, name, v)
+    return out
+
+
+def task_measure(req: dict) -> dict:
+    np = _np()
+    from cellprofiler_library.modules import identifytertiaryobjects
+
+    p = _merge(MEASURE_DEFAULTS, req.get("params"), "measure")
+    chans = p["channels"] or req["channels"]
+    bad = [c for c in p["compartments"] if c not in ("Nuclei", "Cells", "Cytoplasm")]
+    if bad:
+        raise WorkerError(f"measure: unknown compartment(s) {bad} (Nuclei, Cells, Cytoplasm)")
+    known = {"AreaShape", "Intensity", "Texture", "Granularity", "RadialDistribution",
+             "Correlation", "Neighbors"}
+    bad = sorted(set(p["categories"]) - known)
+    if bad:
+        raise WorkerError(f"measure: unknown categor(y/ies) {bad}; known {sorted(known)}")
+    p["channels"] = list(chans)
+    illum = load_illum(req.get("illum"), chans)
+    lpath = req.get("labels")
+    if not lpath or not os.path.exists(lpath):
+        raise WorkerError("label arrays not found", lpath)
+    header, rows = None, []
+    prog = Progress("measure", len(req["sites"]))
+    with np.load(lpath, allow_pickle=False) as z:
+        for i, site in enumerate(req["sites"]):
+            prog(i)
+            try:
+                nuc, cel = z[f"s{i}_nuclei"].astype(np.int32), z[f"s{i}_cells"].astype(np.int32)
+            except KeyError:
+                raise WorkerError(f"no labels for site {i} (s{i}_nuclei / s{i}_cells)", lpath) from None
+            images = {ch: read_channel(site, ch, illum) for ch in chans}
+            shp = next(iter(images.values())).shape
+            if nuc.shape != shp or cel.shape != nuc.shape:
+                raise WorkerError(f"site {i}: label shape {nuc.shape}/{cel.shape} differs from the image "
+                                  f"shape {shp}", lpath)
+            labels = {"Nuclei": nuc, "Cells": cel}
+            if "Cytoplasm" in p["compartments"]:
+                labels["Cytoplasm"] = (identifytertiaryobjects(nuc, cel, bool(p["shrink_primary"]))
+                                       .astype(np.int32) if nuc.max() > 0 else np.zeros_like(nuc))
+            try:
+                feats = measure_site(images, labels, p)
+            except WorkerError as err:
+                err.file = err.file or lpath
+                raise
+            except Exception as err:
+                raise WorkerError(f"measurement failed on site {i}: {type(err).__name__}: {err}",
+                                  site["paths"][chans[0]]) from err
+            n = int(nuc.max())
+            if n == 0:
+                continue
+            names = sorted(feats)
+            if header is None:
+                header = names
+            elif names != header:
+                raise WorkerError(f"site {i}: feature set differs from the first site's "
+                                  f"({sorted(set(names) ^ set(header))[:5]})")
+            mat = np.column_stack([feats[c] for c in header])
+            for k in range(n):
+                rows.append([i, k + 1, *[float(x) for x in mat[k]]])
+    if header is None:  # no object anywhere: header from an empty measurement
+        z0 = {c: np.zeros((8, 8), np.int32) for c in ("Nuclei", "Cells", "Cytoplasm")}
+        z0["Nuclei"][2:5, 2:5] = 1
+        z0["Cells"][1:6, 1:6] = 1
+        z0["Cytoplasm"] = np.where(z0["Nuclei"] > 0, 0, z0["Cells"]).astype(np.int32)
+        header = sorted(measure_site({ch: np.full((8, 8), 0.5, np.float32) for ch in chans}, z0, p))
+    prog(prog.total)
+    _write_csv(os.path.join(req["out_dir"], "features.csv"), ["site", "ObjectNumber", *header], rows)
+    return {"n_objects": len(rows), "n_features": len(header), "params": p}
+
+
+TASKS = {"illum": task_illum, "segment": task_segment, "measure": task_measure}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[1] == "--version":
+        print(json.dumps(versions()))
+        return 0
+    if len(argv) != 2:
+        print("usage: cp_worker.py REQUEST.json | --version", file=sys.stderr)
+        return 64
+    req_path = argv[1]
+    out_dir = None
+    t0 = time.time()
+    try:
+        try:
+            with open(req_path) as fh:
+                req = json.load(fh)
+        except Exception as err:
+            raise WorkerError(f"cannot read request: {err}", req_path) from err
+        out_dir = req.get("out_dir") or os.path.dirname(os.path.abspath(req_path))
+        req["out_dir"] = out_dir
+        os.makedirs(out_dir, exist_ok=True)
+        if req.get("protocol") != PROTOCOL:
+            raise WorkerError(f"request protocol {req.get('protocol')!r}, worker speaks {PROTOCOL}",
+                              req_path)
+        task = TASKS.get(req.get("task"))
+        if task is None:
+            raise WorkerError(f"unknown task {req.get('task')!r}; known {sorted(TASKS)}", req_path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            summary = task(req)
+        summary.update({"task": req["task"], "seconds": round(time.time() - t0, 3),
+                        "versions": versions()})
+        with open(os.path.join(out_dir, "result.json"), "w") as fh:
+            json.dump(summary, fh, indent=1, default=str)
+        return 0
+    except BaseException as err:  # report everything, including KeyboardInterrupt, then fail
+        info = {"error": type(err).__name__, "message": str(err),
+                "file": getattr(err, "file", None), "traceback": traceback.format_exc()}
+        print(f"cp_worker: {info['error']}: {info['message']}"
+              + (f" [file: {info['file']}]" if info["file"] else ""), file=sys.stderr)
+        print(info["traceback"], file=sys.stderr)
+        target = out_dir or os.path.dirname(os.path.abspath(req_path))
+        try:
+            with open(os.path.join(target, "error.json"), "w") as fh:
+                json.dump(info, fh, indent=1, default=str)
+        except OSError:
+            pass
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
