@@ -18,11 +18,13 @@ from morphobench.io import MorphobenchError
 
 #: Cell Painting channels in canonical order (optional extra channels such as Brightfield follow).
 CHANNELS: tuple[str, ...] = ("DNA", "ER", "RNA", "AGP", "Mito")
-OPTIONAL_CHANNELS: tuple[str, ...] = ("Brightfield",)
+OPTIONAL_CHANNELS: tuple[str, ...] = ("Brightfield", "HighZBF", "LowZBF")
 
-#: CPJUMP1 / JUMP file channel numbers (``-chN``) → Cell Painting channel names.
+#: CPJUMP1 / JUMP file channel numbers (``-chN``) → channel names. In the CPJUMP1 index ch6 is
+#: HZ_BF (high-z brightfield), ch7 LZ_BF (low-z) and ch8 BF (in-focus brightfield); names as in
+#: JUMP's load_data files.
 JUMP_CHANNEL_NUMBERS: dict[int, str] = {1: "Mito", 2: "AGP", 3: "RNA", 4: "ER", 5: "DNA",
-                                         6: "Brightfield", 7: "BrightfieldLow", 8: "BrightfieldHigh"}
+                                         6: "HighZBF", 7: "LowZBF", 8: "Brightfield"}
 
 SITE_KEYS: tuple[str, ...] = ("Metadata_Source", "Metadata_Batch", "Metadata_Plate",
                               "Metadata_Well", "Metadata_Site")
