@@ -38,8 +38,21 @@ def dataset_cfg(dataset):
 
 
 def plates(dataset):
-    """Plate ids of a dataset, known from the config (no checkpoint needed)."""
-    return dataset_plates(dataset_cfg(dataset))
+    """Plate ids of a dataset: from the config for simulated screens, else from the image sheet
+    built by the `image_sheet` checkpoint (call only inside input functions)."""
+    cfg = dataset_cfg(dataset)
+    if cfg["loader"] == "simulated":
+        return dataset_plates(cfg)
+    import pandas as pd
+
+    sheet = checkpoints.image_sheet.get(dataset=dataset).output.sheet
+    return sorted(pd.read_parquet(sheet, columns=["Metadata_Plate"])["Metadata_Plate"].astype(str).unique())
+
+
+def plates_if_known(dataset):
+    """Plates known from the config alone (simulated screens); [] for real screens (checkpoint)."""
+    cfg = dataset_cfg(dataset)
+    return dataset_plates(cfg) if cfg["loader"] == "simulated" else []
 
 
 def as_json(obj):
@@ -58,6 +71,8 @@ def all_targets():
         targets += [f"results/{ds}/images.parquet", f"results/{ds}/wells.parquet"]
         if dataset_cfg(ds)["loader"] == "simulated" and config["figures"]["example_sites"]:
             targets.append(f"results/figures/example_sites_{ds}.png")
+        targets += [f"results/{ds}/illum/{p}.png" for p in plates_if_known(ds)]
+        targets += [f"results/{ds}/crops/{k}/index.parquet" for k in config["images"]["crops"]["kinds"]]
     targets += [f"results/{t}.tsv" for t in RESULT_TABLES]
     targets += [f"results/figures/{f}.png" for f in FIGURE_NAMES]
     return targets
