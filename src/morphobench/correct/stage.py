@@ -77,13 +77,15 @@ def correct_profiles(wells: pd.DataFrame, correction: str, *, aggregation: str =
 def arm_inputs(perturbations_truth: str | os.PathLike | None, gene_arms: str | os.PathLike | None,
                zfpkm: str | os.PathLike | None) -> tuple[pd.DataFrame, list[str]]:
     """Gene → arm table and unexpressed genes: from a simulated screen's truth table
-    (columns ``gene, arm, expressed``) or from the resources (``gene_arms.tsv`` + ``u2os_zfpkm.tsv``)."""
+    (columns ``Metadata_Gene, Metadata_Arm, Metadata_Expressed``) or from the resources
+    (``gene_arms.tsv`` + ``u2os_zfpkm.tsv``)."""
     if perturbations_truth:
         truth = read_table(perturbations_truth, what="simulated perturbation truth")
-        for c in ("gene", "arm", "expressed"):
+        cols = {"Metadata_Gene": "gene", "Metadata_Arm": "arm", "Metadata_Expressed": "expressed"}
+        for c in cols:
             if c not in truth.columns:
                 raise MorphobenchError(f"{perturbations_truth}: column {c!r} missing")
-        g = truth.dropna(subset=["gene", "arm"]).drop_duplicates("gene")
+        g = truth[list(cols)].rename(columns=cols).dropna(subset=["gene", "arm"]).drop_duplicates("gene")
         return g[["gene", "arm"]], sorted(g.loc[~g["expressed"].astype(bool), "gene"])
     if not (gene_arms and zfpkm):
         raise MorphobenchError("arm correction needs resources genes/gene_arms.tsv and genes/u2os_zfpkm.tsv")
