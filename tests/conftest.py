@@ -29,3 +29,14 @@ def resources_dir() -> Path:
     path = Path(os.environ.get("MORPHOBENCH_RESOURCES", REPO / "resources"))
     ensure_all(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def default_screen(tmp_path_factory, resources_dir) -> Path:
+    """The default simulated screen (2 batches × 2 plates × 96 wells × 2 sites, 256²), built once
+    per test session; returns its dataset directory (images.parquet, wells.parquet, truth/)."""
+    from morphobench.simulate import simulate_screen
+
+    out = tmp_path_factory.mktemp("default_screen") / "simulated"
+    simulate_screen({"preset": "default", "seed": 0}, out, resources_dir=resources_dir)
+    return out
