@@ -168,3 +168,14 @@ def progress(iterable, **kw):
     kw.setdefault("file", sys.stderr)
     kw.setdefault("disable", os.environ.get("MORPHOBENCH_NO_PROGRESS") == "1")
     return tqdm(iterable, **kw)
+
+
+def cli_exit(prog: str, fn, *args, **kwargs) -> int:
+    """Run a stage from a CLI: a :class:`MorphobenchError` becomes ``prog: error: …`` on stderr
+    and exit code 1 (no traceback for user errors); anything else propagates with its traceback."""
+    try:
+        fn(*args, **kwargs)
+    except MorphobenchError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 1
+    return 0

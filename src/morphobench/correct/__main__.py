@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from morphobench.io import MorphobenchError, setup_logging
+from morphobench.io import cli_exit, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,13 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log)
     from morphobench.correct.stage import run
 
-    try:
-        run(args.well, args.correction, args.out_well, args.out_pert, params=json.loads(args.params),
-            perturbations_truth=args.truth, gene_arms=args.gene_arms, zfpkm=args.zfpkm)
-    except MorphobenchError as err:
-        print(f"morphobench.correct: error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return cli_exit("morphobench.correct", run, args.well, args.correction, args.out_well, args.out_pert,
+                    params=json.loads(args.params), perturbations_truth=args.truth,
+                    gene_arms=args.gene_arms, zfpkm=args.zfpkm)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from morphobench.io import MorphobenchError, setup_logging
+from morphobench.io import cli_exit, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,17 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log)
     from morphobench.embed import stages
 
-    try:
-        if args.cmd == "random":
-            stages.random_method(args.wells, args.sheet, args.out, dim=args.dim, seed=args.seed)
-        elif args.cmd == "pixel-stats":
-            stages.pixel_stats_plate(args.sheet, args.plate, args.out, illum_path=args.illum)
-        else:
-            stages.gather_wells(args.parts, args.wells, args.sheet, args.out, method=args.method)
-    except MorphobenchError as err:
-        print(f"morphobench.embed {args.cmd}: error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    prog = f"morphobench.embed {args.cmd}"
+    if args.cmd == "random":
+        return cli_exit(prog, stages.random_method, args.wells, args.sheet, args.out, dim=args.dim, seed=args.seed)
+    if args.cmd == "pixel-stats":
+        return cli_exit(prog, stages.pixel_stats_plate, args.sheet, args.plate, args.out, illum_path=args.illum)
+    return cli_exit(prog, stages.gather_wells, args.parts, args.wells, args.sheet, args.out, method=args.method)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 
-from morphobench.io import MorphobenchError, setup_logging
+from morphobench.io import cli_exit, setup_logging
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,29 +91,28 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log)
     from morphobench.evaluate import stages
 
-    try:
-        if args.cmd == "known-relationships":
-            stages.known_relationships(args.pert, json.loads(args.annotations), json.loads(args.key),
-                                       args.out_known, args.out_curve, args.out_sets,
-                                       gene_sets=_gene_sets(json.loads(args.gene_sets), args.pert), seed=args.seed)
-        elif args.cmd == "retrieval":
-            stages.retrieval_stage(args.well, args.pert, json.loads(args.key), args.tasks, args.out,
-                                   args.detail_dir, null_size=args.null_size, seed=args.seed,
-                                   threshold=args.threshold, on_missing_negcon=args.on_missing_negcon)
-        elif args.cmd == "cp-split":
-            stages.cp_split_stage(args.cp_well, args.out, args.heldout_fraction, args.seed)
-        elif args.cmd == "cp-regression":
-            stages.cp_regression_stage(args.emb_well, args.cp_well, args.split, json.loads(args.key), args.out)
-        elif args.cmd == "gather":
-            stages.gather(args.parts, args.out, json.loads(args.config))
-        elif args.cmd == "cp-summary":
-            stages.cp_regression_summary(args.table, args.out, json.loads(args.config))
-        else:
-            stages.batch_correction_table(args.known, args.method, args.out, json.loads(args.config))
-    except MorphobenchError as err:
-        print(f"morphobench.evaluate {args.cmd}: error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return cli_exit(f"morphobench.evaluate {args.cmd}", _dispatch, args, stages)
+
+
+def _dispatch(args, stages) -> None:
+    if args.cmd == "known-relationships":
+        stages.known_relationships(args.pert, json.loads(args.annotations), json.loads(args.key),
+                                   args.out_known, args.out_curve, args.out_sets,
+                                   gene_sets=_gene_sets(json.loads(args.gene_sets), args.pert), seed=args.seed)
+    elif args.cmd == "retrieval":
+        stages.retrieval_stage(args.well, args.pert, json.loads(args.key), args.tasks, args.out,
+                               args.detail_dir, null_size=args.null_size, seed=args.seed,
+                               threshold=args.threshold, on_missing_negcon=args.on_missing_negcon)
+    elif args.cmd == "cp-split":
+        stages.cp_split_stage(args.cp_well, args.out, args.heldout_fraction, args.seed)
+    elif args.cmd == "cp-regression":
+        stages.cp_regression_stage(args.emb_well, args.cp_well, args.split, json.loads(args.key), args.out)
+    elif args.cmd == "gather":
+        stages.gather(args.parts, args.out, json.loads(args.config))
+    elif args.cmd == "cp-summary":
+        stages.cp_regression_summary(args.table, args.out, json.loads(args.config))
+    else:
+        stages.batch_correction_table(args.known, args.method, args.out, json.loads(args.config))
 
 
 if __name__ == "__main__":

@@ -200,7 +200,7 @@ def cp_regression_stage(emb_well_path: str | os.PathLike, cp_well_path: str | os
 def gather(parts: Sequence[str | os.PathLike], out: str | os.PathLike, config: object = None,
            sort_by: Sequence[str] | None = None) -> pd.DataFrame:
     """Concatenate partial TSV tables (sorted by the key columns) + provenance sidecar."""
-    frames = [pd.read_csv(p, sep="\t", keep_default_na=True) for p in parts]
+    frames = [read_table(p, what="partial results table") for p in parts]
     frames = [f for f in frames if len(f.columns)]
     if not frames:
         raise MorphobenchError(f"gather {out}: no partial tables")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from morphobench.io import MorphobenchError, read_table, setup_logging
+from morphobench.io import cli_exit, read_table, setup_logging
 
 FIGURES = {
     "recall-curves": "recall_curves",
@@ -34,12 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log)
     from morphobench.figures import plots
 
-    try:
+    def draw():
         getattr(plots, FIGURES[args.figure])(read_table(args.table, what="results table"), args.out)
-    except MorphobenchError as err:
-        print(f"morphobench.figures {args.figure}: error: {err}", file=sys.stderr)
-        return 1
-    return 0
+
+    return cli_exit(f"morphobench.figures {args.figure}", draw)
 
 
 if __name__ == "__main__":
