@@ -1,0 +1,187 @@
+"""Per-plate image stages: ``python -m morphobench.images <stage> ...``.
+
+Stages (one plate per call; every output is written atomically):
+
+``illum``     --sheet S --plate P --out illum/P.npz [--png illum/P.png]
+``segment``   --sheet S --plate P [--illum illum/P.npz] --out objects/P.parquet
+              --labels labels/P.zarr [--qc qc/P.parquet]
+``crops``     --sheet S --plate P [--illum ...] --kind cell128|cell112|tile256
+              [--objects objects/P.parquet --labels labels/P.zarr] --out crops/KIND/P.zarr
+              --index crops/KIND/P.parquet
+``features``  --sheet S --plate P [--illum ...] --labels labels/P.zarr --out cp/P.objects.parquet
+              [--wells-out cp/P.wells.parquet] [--plate-map wells.parquet]
+``gather-crops``     --out crops/KIND/index.parquet INDEX [INDEX ...]
+``gather-profiles``  --out profiles/cellprofiler/well.parquet WELLS [WELLS ...]
+``translation-table`` --channels DNA ER ... --out table.tsv   (cp_measure → CellProfiler names)
+
+Common options: ``--params JSON`` (a JSON object, or ``@file.json``) overriding the stage's
+parameter dataclass (``IllumParams``, ``SegmentParams``, ``CropParams``, ``FeatureParams``; for
+features a ``"preset"`` key picks ``fast|full|minimal`` first), ``--log FILE``, ``--root DIR``
+(base of relative ``PathName`` entries).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from morphobench.io import MorphobenchError, setup_logging, write_tsv
+
+log = logging.getLogger("morphobench.images")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m morphobench.images", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="stage", required=True)
+
+    def common(p, plate=True):
+        if plate:
+            p.add_argument("--sheet", required=True, help="image sheet parquet")
+            p.add_argument("--plate", required=True)
+            p.add_argument("--root", default=None, help="base directory of relative PathName entries")
+        p.add_argument("--params", default="{}", help="JSON object or @file.json")
+        p.add_argument("--log", default=None)
+
+    p = sub.add_parser("illum", help="illumination functions of one plate")
+    common(p)
+    p.add_argument("--out", required=True, help=".npz (one float32 function per channel)")
+    p.add_argument("--png", default=None)
+
+    p = sub.add_parser("segment", help="nuclei + cells of one plate")
+    common(p)
+    p.add_argument("--illum", default=None)
+    p.add_argument("--out", required=True, help="object table parquet")
+    p.add_argument("--labels", required=True, help="label store (zarr v3 directory)")
+    p.add_argument("--qc", default=None, help="per-site QC parquet")
+
+    p = sub.add_parser("crops", help="cell crops or field tiles of one plate")
+    common(p)
+    p.add_argument("--illum", default=None)
+    p.add_argument("--kind", required=True, help="cell128 | cell112 | tile256 (presets)")
+    p.add_argument("--objects", default=None)
+    p.add_argument("--labels", default=None)
+    p.add_argument("--out", required=True, help="crop store (zarr v3 directory)")
+    p.add_argument("--index", required=True, help="crop index parquet")
+
+    p = sub.add_parser("features", help="CellProfiler features of one plate")
+    common(p)
+    p.add_argument("--illum", default=None)
+    p.add_argument("--labels", required=True)
+    p.add_argument("--out", required=True, help="object-level parquet")
+    p.add_argument("--wells-out", default=None, help="well-level parquet")
+    p.add_argument("--plate-map", default=None, help="plate map parquet (merged into well profiles)")
+
+    p = sub.add_parser("gather-crops", help="dataset-level crop index")
+    common(p, plate=False)
+    p.add_argument("--out", required=True)
+    p.add_argument("inputs", nargs="+")
+
+    p = sub.add_parser("gather-profiles", help="dataset-level well profiles")
+    common(p, plate=False)
+    p.add_argument("--out", required=True)
+    p.add_argument("--keep-nan", action="store_true", help="keep features with NaN values")
+    p.add_argument("inputs", nargs="+")
+
+    p = sub.add_parser("translation-table", help="cp_measure → CellProfiler name table")
+    common(p, plate=False)
+    p.add_argument("--channels", nargs="+", default=["DNA", "ER", "RNA", "AGP", "Mito"])
+    p.add_argument("--out", required=True)
+    return ap
+
+
+def _load_params(text: str) -> dict:
+    text = (text or "").strip()
+    if text.startswith("@"):
+        with open(text[1:]) as fh:
+            text = fh.read()
+    try:
+        d = json.loads(text) if text else {}
+    except json.JSONDecodeError as err:
+        raise MorphobenchError(f"--params is not valid JSON: {err}") from err
+    if not isinstance(d, dict):
+        raise MorphobenchError("--params must be a JSON object")
+    return d
+
+
+def run(args: argparse.Namespace) -> None:
+    from morphobench.images.io import load_illum, load_sheet, params_from
+
+    raw = _load_params(args.params)
+    if args.stage == "illum":
+        from morphobench.images.illum import IllumParams, run_illum
+
+        rows = load_sheet(args.sheet, args.plate)
+        funcs = run_illum(rows, args.out, params_from(IllumParams, raw), png=args.png, root=args.root)
+        log.info("illum: plate %s: %d sites, channels %s, median window %d px (downsampled), max %s",
+                 args.plate, len(rows), funcs.channels, funcs.meta["median_size_used"],
+                 {ch: round(float(funcs[ch].max()), 3) for ch in funcs})
+    elif args.stage == "segment":
+        from morphobench.images.segment import SegmentParams, run_segment
+
+        rows = load_sheet(args.sheet, args.plate)
+        objects, qc = run_segment(rows, args.labels, args.out, params_from(SegmentParams, raw),
+                                  illum=load_illum(args.illum), qc_out=args.qc, root=args.root)
+        log.info("segment: plate %s: %d sites, %d objects, %d blank sites", args.plate, len(qc),
+                 len(objects), int(qc["QC_Blank"].sum()))
+    elif args.stage == "crops":
+        from dataclasses import asdict
+
+        from morphobench.images.crops import CropParams, preset_params, run_crops
+        from morphobench.io import read_table
+
+        rows = load_sheet(args.sheet, args.plate)
+        params = params_from(CropParams, {**asdict(preset_params(args.kind)), **raw})
+        objects = read_table(args.objects, what="object table") if args.objects else None
+        if objects is not None:
+            objects = objects[objects["Metadata_Plate"].astype(str) == str(args.plate)]
+        idx = run_crops(rows, args.out, args.index, params, objects=objects, labels=args.labels,
+                        illum=load_illum(args.illum), root=args.root)
+        log.info("crops %s: plate %s: %d crops", args.kind, args.plate, len(idx))
+    elif args.stage == "features":
+        from morphobench.images.features import FeatureParams, feature_params, read_plate_map, run_features
+
+        preset = raw.pop("preset", "full")
+        names = set(FeatureParams.__dataclass_fields__)
+        unknown = sorted(set(raw) - names)
+        if unknown:
+            raise MorphobenchError(f"FeatureParams: unknown parameter(s) {unknown}; allowed {sorted(names)}")
+        params = feature_params(preset, **raw)
+        rows = load_sheet(args.sheet, args.plate)
+        objects, wells = run_features(rows, args.labels, args.out, args.wells_out, params,
+                                      illum=load_illum(args.illum), plate_map=read_plate_map(args.plate_map),
+                                      root=args.root)
+        log.info("features: plate %s: %d objects × %d columns", args.plate, len(objects), objects.shape[1])
+    elif args.stage == "gather-crops":
+        from morphobench.images.crops import gather_crop_index
+
+        idx = gather_crop_index(args.inputs, args.out)
+        log.info("gather-crops: %d crops from %d plates", len(idx), len(args.inputs))
+    elif args.stage == "gather-profiles":
+        from morphobench.images.features import gather_profiles
+
+        df = gather_profiles(args.inputs, args.out, drop_nan_features=not args.keep_nan)
+        log.info("gather-profiles: %d wells × %d columns", *df.shape)
+    elif args.stage == "translation-table":
+        from morphobench.images.features import cp_measure_names, translation_table
+
+        tab = translation_table(cp_measure_names(args.channels), channels=args.channels)
+        write_tsv(tab, args.out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.log)
+    try:
+        run(args)
+    except MorphobenchError as err:
+        log.error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

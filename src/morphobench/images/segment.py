@@ -1,0 +1,433 @@
+"""Nuclei and cell segmentation (CellProfiler IdentifyPrimaryObjects / IdentifySecondaryObjects).
+
+Nuclei (primary objects, DNA channel):
+
+1. Gaussian smoothing (``smooth_sigma``; CellProfiler's threshold smoothing scale 1.3488 ≈ σ 1);
+2. global threshold (``threshold_method``: Otsu by default, optionally on log intensities, times
+   ``threshold_correction``); holes filled;
+3. declumping: markers = local maxima of the distance transform (``declump="shape"``) or of the
+   smoothed image (``"intensity"``), smoothed with σ = ``min_diameter / 3.5`` and suppressed
+   within ``min_diameter / 1.5`` px (CellProfiler's automatic values), then a marker-controlled
+   watershed on the same image inside the foreground;
+4. size filter: objects with equivalent diameter outside ``[min_diameter, max_diameter]`` are
+   discarded; optionally objects touching the border are discarded (``exclude_border``).
+
+Cells (secondary objects): foreground = Otsu threshold (times ``cell_threshold_correction``) of a
+cytoplasm composite — the Gaussian-smoothed ``cell_foreground_channels`` (default: every non-DNA
+channel), each scaled to its 1st–99.5th percentile, summed — ∪ nuclei, holes filled. Then a
+watershed seeded by the nuclei on the ``cell_channel`` (AGP by default, or RNA), elevation per
+``cell_method``:
+
+- ``"propagation"`` (default; after CellProfiler's Propagation): Sobel gradient of the smoothed
+  channel (scaled to its 99th percentile in the foreground) + ``propagation_lambda`` × distance
+  to the nearest nucleus (px). The distance term keeps cells compact when the stain does not
+  mark borders; the gradient term moves borders onto membrane edges where it does;
+- ``"intensity"``: the inverted smoothed image (borders where the stain is dim, e.g. RNA);
+- ``"membrane"``: the smoothed image (borders on bright membranes, e.g. AGP actin);
+- ``"gradient"``: the Sobel gradient alone;
+- ``"distance"``: distance from the nuclei alone (CellProfiler "Distance - N" without limit);
+
+optionally bounded to ``cell_max_distance`` px from the nucleus. Every cell carries its
+nucleus's number (1..N per site, as in CellProfiler); only the connected piece holding the
+nucleus is kept.
+
+Measured (ground truth F1 at IoU 0.5): our synthetic sites (dim borders) nuclei ≈ 0.95, cells
+≈ 0.92; the simulated screen (AGP membranes) cells ≈ 0.97 with ``propagation``; the StarDist
+``img2d`` real nuclei 0.72 with defaults (0.76 with ``threshold_correction`` 0.9).
+
+Outputs per plate: a zarr v3 label store (``labels``: sites × 2 (nuclei, cells) × H × W, uint32,
+one chunk per site; the site index and QC in the array attributes) and an object table.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+from skimage import filters, measure, morphology, segmentation
+from skimage.feature import peak_local_max
+
+from morphobench.data.model import SITE_KEYS, sheet_channels
+from morphobench.images.io import IllumFunctions, blank_channels, read_site, site_label, site_meta
+from morphobench.io import MorphobenchError, atomic_path, progress, write_parquet
+
+log = logging.getLogger("morphobench.images.segment")
+
+OBJECTS = ("Nuclei", "Cells")
+
+
+@dataclass(frozen=True)
+class SegmentParams:
+    """Segmentation parameters (pixel units; defaults suit ~20x Cell Painting fields)."""
+
+    #: channel the nuclei are segmented on
+    nuclei_channel: str = "DNA"
+    #: channel the cells are segmented on (AGP or RNA)
+    cell_channel: str = "AGP"
+    #: Gaussian σ before thresholding the nuclei channel
+    smooth_sigma: float = 1.0
+    #: "otsu" | "li" (minimum cross-entropy) | "triangle"
+    threshold_method: str = "otsu"
+    #: compute the nuclei threshold on log intensities (helps very uneven nucleus brightness)
+    threshold_log: bool = False
+    #: multiply the nuclei threshold by this
+    threshold_correction: float = 1.0
+    #: nuclei equivalent-diameter range kept (px)
+    min_diameter: float = 8.0
+    max_diameter: float = 80.0
+    #: "shape" (distance transform) | "intensity" | "none"
+    declump: str = "shape"
+    #: image the declumping watershed runs on: "shape" | "intensity" | None (same as ``declump``)
+    dividing_lines: str | None = None
+    #: local-maxima suppression distance (px); None: min_diameter / 1.5
+    maxima_suppression: float | None = None
+    #: σ of the declumping image smoothing; None: min_diameter / 3.5
+    declump_sigma: float | None = None
+    #: discard nuclei (and their cells) touching the image border
+    exclude_border: bool = False
+    #: channels whose normalised sum is thresholded for the cell foreground (empty: all but DNA)
+    cell_foreground_channels: tuple[str, ...] = ()
+    #: Gaussian σ before thresholding the cytoplasm composite
+    cell_smooth_sigma: float = 2.0
+    #: Gaussian σ of the cell channel before the watershed
+    cell_watershed_sigma: float = 1.0
+    #: "otsu" | "li" | "triangle" for the cell foreground
+    cell_threshold_method: str = "otsu"
+    cell_threshold_correction: float = 1.0
+    #: "propagation" | "intensity" | "membrane" | "gradient" | "distance"
+    cell_method: str = "propagation"
+    #: propagation: weight of the distance to the nucleus (per px) against the scaled gradient
+    propagation_lambda: float = 0.25
+    #: watershed compactness (0: classic watershed; >0 regularises towards Voronoi)
+    compactness: float = 0.0
+    #: cells extend at most this far from their nucleus (px); None: unlimited
+    cell_max_distance: float | None = None
+
+
+_THRESHOLDS = {"otsu": filters.threshold_otsu, "li": filters.threshold_li,
+               "triangle": filters.threshold_triangle}
+
+
+def _threshold(img: np.ndarray, method: str, log_scale: bool = False) -> float:
+    if method not in _THRESHOLDS:
+        raise MorphobenchError(f"unknown threshold method {method!r}; choose {sorted(_THRESHOLDS)}")
+    x = img
+    if log_scale:
+        x = np.log1p(np.maximum(img - img.min(), 0))
+    t = float(_THRESHOLDS[method](x))
+    if log_scale:
+        t = float(np.expm1(t) + img.min())
+    return t
+
+
+def _declump_image(kind: str, fg: np.ndarray, sm: np.ndarray, t: float, sigma: float) -> np.ndarray:
+    if kind == "shape":
+        img = ndimage.distance_transform_edt(fg)
+    elif kind == "intensity":
+        img = np.where(fg, sm - t, 0).astype(np.float64)
+    else:
+        raise MorphobenchError(f"unknown declump/dividing-lines method {kind!r}; use shape|intensity|none")
+    return ndimage.gaussian_filter(img, sigma) if sigma > 0 else img
+
+
+def segment_nuclei(dna: np.ndarray, params: SegmentParams = SegmentParams()) -> tuple[np.ndarray, float]:
+    """Label image of nuclei (uint32, 1..N) and the threshold used.
+
+    A constant image gives no objects (threshold NaN).
+    """
+    dna = np.asarray(dna, np.float32)
+    if float(dna.max() - dna.min()) <= 0:
+        return np.zeros(dna.shape, np.uint32), float("nan")
+    sm = ndimage.gaussian_filter(dna, params.smooth_sigma) if params.smooth_sigma > 0 else dna
+    t = _threshold(sm, params.threshold_method, params.threshold_log) * params.threshold_correction
+    fg = ndimage.binary_fill_holes(sm > t)
+    min_area = np.pi * (params.min_diameter / 2) ** 2
+    fg = morphology.remove_small_objects(fg, max_size=max(1, int(min_area / 4)))
+    comps, ncomp = ndimage.label(fg)
+    if ncomp == 0:
+        return np.zeros(dna.shape, np.uint32), t
+    if params.declump == "none":
+        labels = comps
+    else:
+        supp = params.maxima_suppression or params.min_diameter / 1.5
+        sig = params.declump_sigma if params.declump_sigma is not None else params.min_diameter / 3.5
+        dimg = _declump_image(params.declump, fg, sm, t, sig)
+        peaks = peak_local_max(dimg, min_distance=max(1, int(round(supp))), labels=comps,
+                               exclude_border=False)
+        markers = np.zeros(dna.shape, np.int32)
+        markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+        # components without a peak (flat plateaus) get one marker at their maximum
+        has = np.zeros(ncomp + 1, bool)
+        has[comps[tuple(peaks.T)]] = True
+        missing = np.flatnonzero(~has[1:]) + 1
+        if len(missing):
+            pos = ndimage.maximum_position(dimg, comps, missing)
+            for k, p in enumerate(pos):
+                markers[p] = len(peaks) + k + 1
+        lines = params.dividing_lines or params.declump
+        wimg = dimg if lines == params.declump else _declump_image(lines, fg, sm, t, sig)
+        labels = segmentation.watershed(-wimg, markers, mask=fg)
+    # size filter on equivalent diameter
+    areas = np.bincount(labels.ravel())
+    diam = np.sqrt(4 * areas / np.pi)
+    bad = (diam < params.min_diameter) | (diam > params.max_diameter)
+    bad[0] = False
+    if params.exclude_border:
+        edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        bad[edge] = True
+        bad[0] = False
+    labels = np.where(bad[labels], 0, labels)
+    labels, _, _ = segmentation.relabel_sequential(labels)
+    return labels.astype(np.uint32), t
+
+
+def cell_foreground_channels(channels: Sequence[str], params: SegmentParams) -> list[str]:
+    """Channels of the cytoplasm composite (``cell_foreground_channels`` or all but the nuclei's)."""
+    fgc = list(params.cell_foreground_channels) or [c for c in channels if c != params.nuclei_channel]
+    return fgc or [params.cell_channel]
+
+
+def _composite(planes: Sequence[np.ndarray], sigma: float) -> np.ndarray:
+    comb = np.zeros(planes[0].shape, np.float64)
+    for pl in planes:
+        x = ndimage.gaussian_filter(np.asarray(pl, np.float64), sigma) if sigma > 0 else np.asarray(pl, np.float64)
+        lo, hi = np.percentile(x, [1.0, 99.5])
+        if hi > lo:
+            comb += (x - lo) / (hi - lo)
+    return comb
+
+
+def segment_cells(img: np.ndarray, nuclei: np.ndarray, params: SegmentParams = SegmentParams(),
+                  foreground: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, float]:
+    """Cells grown from the nuclei (same numbers) on the cell channel ``img``; the foreground is
+    thresholded from ``foreground`` planes (default: ``img`` alone). Returns (labels, threshold)."""
+    nuclei = np.asarray(nuclei)
+    if nuclei.max() == 0:
+        return np.zeros(nuclei.shape, np.uint32), float("nan")
+    img = np.asarray(img, np.float64)
+    comb = _composite(list(foreground) if foreground is not None else [img], params.cell_smooth_sigma)
+    if float(comb.max() - comb.min()) <= 0:
+        return nuclei.astype(np.uint32), float("nan")
+    t = _threshold(comb, params.cell_threshold_method) * params.cell_threshold_correction
+    fg = ndimage.binary_fill_holes((comb > t) | (nuclei > 0))
+    dist = None
+    if params.cell_max_distance is not None or params.cell_method in ("propagation", "distance"):
+        dist = ndimage.distance_transform_edt(nuclei == 0)
+    if params.cell_max_distance is not None:
+        fg &= dist <= params.cell_max_distance
+    sm = ndimage.gaussian_filter(img, params.cell_watershed_sigma) if params.cell_watershed_sigma > 0 else img
+    if params.cell_method == "propagation":
+        g = filters.sobel(sm)
+        scale = float(np.percentile(g[fg], 99)) if fg.any() else 0.0
+        elev = (g / scale if scale > 0 else g) + params.propagation_lambda * dist
+    elif params.cell_method == "intensity":
+        elev = -sm
+    elif params.cell_method == "membrane":
+        elev = sm
+    elif params.cell_method == "gradient":
+        elev = filters.sobel(sm)
+    elif params.cell_method == "distance":
+        elev = dist
+    else:
+        raise MorphobenchError(f"unknown cell_method {params.cell_method!r}; use "
+                               "propagation|intensity|membrane|gradient|distance")
+    cells = segmentation.watershed(elev, markers=nuclei.astype(np.int32), mask=fg,
+                                   compactness=params.compactness)
+    cells[nuclei > 0] = nuclei[nuclei > 0]
+    # keep only the connected piece of each cell that holds its nucleus
+    regions = measure.label(cells, connectivity=1, background=0)
+    keep = np.zeros(int(regions.max()) + 1, bool)
+    keep[np.unique(regions[nuclei > 0])] = True
+    keep[0] = False
+    cells[~keep[regions]] = 0
+    return cells.astype(np.uint32), t
+
+
+def segment_site(img: np.ndarray, channels: Sequence[str], params: SegmentParams = SegmentParams()
+                 ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Segment one site ``(C,H,W)``; returns ``(nuclei, cells, qc)``."""
+    channels = list(channels)
+    for ch in (params.nuclei_channel, params.cell_channel):
+        if ch not in channels:
+            raise MorphobenchError(f"segmentation channel {ch!r} not among the site's channels {channels}")
+    blank = blank_channels(img, channels)
+    nuclei, tn = segment_nuclei(img[channels.index(params.nuclei_channel)], params)
+    fgc = [c for c in cell_foreground_channels(channels, params) if c in channels]
+    cells, tc = segment_cells(img[channels.index(params.cell_channel)], nuclei, params,
+                              foreground=[img[channels.index(c)] for c in fgc])
+    qc = {"Count_Nuclei": int(nuclei.max()), "Count_Cells": int(len(np.unique(cells)) - 1),
+          "Threshold_Nuclei": tn, "Threshold_Cells": tc,
+          "QC_Blank": bool(blank), "QC_BlankChannels": ",".join(blank)}
+    return nuclei, cells, qc
+
+
+# --------------------------------------------------------------------------------------------
+# Object table
+# --------------------------------------------------------------------------------------------
+def object_table(nuclei: np.ndarray, cells: np.ndarray, meta: dict | None = None,
+                 image_number: int | None = None) -> pd.DataFrame:
+    """One row per nucleus: ``Metadata_*``, ``ImageNumber``, ``ObjectNumber``, centroids
+    (``Nuclei_/Cells_Location_Center_X/Y``), areas and border flags. No objects → zero rows."""
+    n = int(nuclei.max())
+    idx = np.arange(1, n + 1)
+    cols: dict[str, np.ndarray] = {"ObjectNumber": idx.astype(np.int64)}
+    h, w = nuclei.shape
+    edge = np.zeros((h, w), bool)
+    edge[0] = edge[-1] = True
+    edge[:, 0] = edge[:, -1] = True
+    for name, lab in (("Nuclei", nuclei), ("Cells", cells)):
+        area = ndimage.sum_labels(np.ones_like(lab, np.float64), lab, idx) if n else np.zeros(0)
+        if n:
+            cy, cx = np.array(ndimage.center_of_mass(np.ones_like(lab, np.float64), lab, idx)).reshape(-1, 2).T
+        else:
+            cy = cx = np.zeros(0)
+        border = np.zeros(n + 1, bool)
+        border[np.unique(lab[edge])] = True
+        cols[f"{name}_Location_Center_X"] = np.where(area > 0, cx, np.nan)
+        cols[f"{name}_Location_Center_Y"] = np.where(area > 0, cy, np.nan)
+        cols[f"{name}_AreaShape_Area"] = area.astype(np.int64)
+        cols[f"{name}_TouchesBorder"] = border[idx]
+    df = pd.DataFrame(cols)
+    front = {}
+    if meta:
+        front.update({k: [v] * n for k, v in meta.items()})
+    if image_number is not None:
+        front["ImageNumber"] = np.full(n, image_number, np.int64)
+    return pd.concat([pd.DataFrame(front, index=df.index), df], axis=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Label store
+# --------------------------------------------------------------------------------------------
+def open_labels(path: str | os.PathLike):
+    """Open a plate's label store; returns ``(array, sites DataFrame)`` (array[i] = (2,H,W))."""
+    import zarr
+
+    path = Path(path)
+    if not path.exists():
+        raise MorphobenchError(f"label store not found: {path}")
+    try:
+        arr = zarr.open_array(str(path), mode="r")
+    except Exception as err:
+        raise MorphobenchError(f"cannot open label store {path}: {err}") from err
+    sites = pd.DataFrame(arr.attrs["sites"])
+    return arr, sites
+
+
+def run_segment(rows: pd.DataFrame, labels_out: str | os.PathLike, objects_out: str | os.PathLike,
+                params: SegmentParams = SegmentParams(), *, illum: IllumFunctions | None = None,
+                qc_out: str | os.PathLike | None = None, root=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Segment every site of one plate; write the label store, object table (and QC table).
+
+    Nothing is left behind on failure (store built in a temp dir, then renamed).
+    """
+    import zarr
+
+    channels = sheet_channels(rows)
+    use = list(dict.fromkeys([params.nuclei_channel, params.cell_channel]
+                             + cell_foreground_channels(channels, params)))
+    for ch in use:
+        if ch not in channels:
+            raise MorphobenchError(f"segmentation channel {ch!r} not in the image sheet (has {channels})")
+    tables, qcs = [], []
+    labels_out = Path(labels_out)
+    with atomic_path(labels_out, is_dir=True) as tmp:
+        arr = None
+        for i, (_, row) in enumerate(progress(rows.iterrows(), total=len(rows), desc="segment")):
+            img = read_site(row, use, illum=illum, root=root)
+            nuc, cel, qc = segment_site(img, use, params)
+            if arr is None:
+                h, w = nuc.shape
+                arr = zarr.create_array(str(tmp), shape=(len(rows), 2, h, w), chunks=(1, 2, h, w),
+                                        dtype="uint32", fill_value=0, overwrite=True,
+                                        dimension_names=("site", "object", "y", "x"))
+            elif nuc.shape != tuple(arr.shape[2:]):
+                raise MorphobenchError(f"site {site_label(row)}: shape {nuc.shape} differs from the "
+                                       f"plate's first site {tuple(arr.shape[2:])}")
+            arr[i] = np.stack([nuc, cel])
+            meta = site_meta(row)
+            if qc["QC_Blank"]:
+                log.warning("segment: site %s has blank channel(s) %s", site_label(row), qc["QC_BlankChannels"])
+            qcs.append({**meta, "ImageNumber": i + 1, **qc})
+            tables.append(object_table(nuc, cel, meta, image_number=i + 1))
+        if arr is None:
+            raise MorphobenchError("no sites to segment")
+        qc_df = pd.DataFrame(qcs)
+        arr.attrs.update({"objects": list(OBJECTS), "channels_used": use, "params": asdict(params),
+                          "sites": _jsonable(qc_df)})
+    objects = pd.concat(tables, ignore_index=True)
+    for k in SITE_KEYS:  # keep the sheet's dtypes even when some sites have no objects
+        objects[k] = objects[k].astype(rows[k].dtype)
+    write_parquet(objects, objects_out)
+    if qc_out:
+        write_parquet(qc_df, qc_out)
+    return objects, qc_df
+
+
+def _jsonable(df: pd.DataFrame) -> list[dict]:
+    out = []
+    for rec in df.to_dict("records"):
+        out.append({k: (v.item() if hasattr(v, "item") else v) for k, v in rec.items()})
+    for rec in out:
+        for k, v in rec.items():
+            if isinstance(v, float) and not np.isfinite(v):
+                rec[k] = None
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+def match_instances(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> dict[str, float]:
+    """Match predicted to ground-truth instances (optimal one-to-one assignment on IoU).
+
+    A pair counts as a true positive when its IoU ≥ ``iou`` (for ``iou`` > 0.5 the matching is
+    unique; below, the assignment maximising total IoU is used, as StarDist's ``matching``).
+
+    Returns ``{"tp", "fp", "fn", "precision", "recall", "f1", "mean_matched_iou", "n_pred", "n_true"}``.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    pred = np.asarray(pred)
+    truth = np.asarray(truth)
+    if pred.shape != truth.shape:
+        raise ValueError(f"shape mismatch: pred {pred.shape} vs truth {truth.shape}")
+    p, _, _ = segmentation.relabel_sequential(pred.astype(np.int64))
+    t, _, _ = segmentation.relabel_sequential(truth.astype(np.int64))
+    n_p, n_t = int(p.max()), int(t.max())
+    if n_p == 0 or n_t == 0:
+        tp = 0
+        mean_iou = 0.0
+    else:
+        both = (p > 0) & (t > 0)
+        pairs = p[both] * (n_t + 1) + t[both]
+        key, inter = np.unique(pairs, return_counts=True)
+        pi, ti = key // (n_t + 1), key % (n_t + 1)
+        ap = np.bincount(p.ravel(), minlength=n_p + 1)
+        at = np.bincount(t.ravel(), minlength=n_t + 1)
+        ious = inter / (ap[pi] + at[ti] - inter)
+        ok = ious >= iou
+        pi, ti, ious = pi[ok], ti[ok], ious[ok]
+        if len(ious) == 0:
+            tp, mean_iou = 0, 0.0
+        else:
+            up, ip = np.unique(pi, return_inverse=True)
+            ut, it = np.unique(ti, return_inverse=True)
+            cost = np.zeros((len(up), len(ut)))
+            cost[ip, it] = ious
+            r, c = linear_sum_assignment(-cost)
+            matched = cost[r, c] >= iou
+            tp = int(matched.sum())
+            mean_iou = float(cost[r, c][matched].mean()) if tp else 0.0
+    fp, fn = n_p - tp, n_t - tp
+    prec = tp / n_p if n_p else 0.0
+    rec = tp / n_t if n_t else 0.0
+    f1 = 2 * tp / (n_p + n_t) if (n_p + n_t) else 1.0
+    return {"tp": tp, "fp": fp, "fn": fn, "precision": prec, "recall": rec, "f1": f1,
+            "mean_matched_iou": mean_iou, "n_pred": n_p, "n_true": n_t}
