@@ -1,0 +1,48 @@
+"""The config schema stays in sync with the stages' parameter dataclasses and loaders."""
+
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def _defs():
+    return yaml.safe_load(SCHEMA.read_text())["$defs"]
+
+
+@pytest.mark.parametrize(("module", "cls", "key", "extra"), [
+    ("morphobench.images.illum", "IllumParams", "illum_params", set()),
+    ("morphobench.images.segment", "SegmentParams", "segment_params", set()),
+    ("morphobench.images.crops", "CropParams", "crop_params", {"kind"}),
+    ("morphobench.images.features", "FeatureParams", "feature_params", set()),
+])
+def test_image_parameter_schemas_match_dataclasses(module, cls, key, extra):
+    import importlib
+
+    dc = getattr(importlib.import_module(module), cls)
+    names = {f.name for f in fields(dc)}
+    in_schema = set(_defs()[key]["properties"]) - {"preset"}
+    assert in_schema == names - extra
+
+
+def test_dataset_schema_lists_every_loader_key():
+    from morphobench.data.loaders import LOADER_KEYS, PLATE_MAP_KEYS
+
+    ds = _defs()["dataset"]["properties"]
+    for loader, keys in LOADER_KEYS.items():
+        assert loader in ds["loader"]["enum"]
+        assert set(keys) <= set(ds), (loader, set(keys) - set(ds))
+    assert set(ds["plate_map"]["properties"]) == set(PLATE_MAP_KEYS)
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "jump_cpjump1.yaml", "jump_cpg0016_source3.yaml",
+                                  "rxrx3.yaml", "bbbc022.yaml"])
+def test_shipped_configs_validate(name):
+    cfg = yaml.safe_load((REPO / "config" / name).read_text())
+    validate(cfg, str(SCHEMA), set_default=True)
+    assert cfg["images"]["backend"] == "inprocess"  # defaults filled in
