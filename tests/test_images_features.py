@@ -202,3 +202,16 @@ def test_run_features_strong_phenotype_separates(tmp_path):
     assert area["big"].min() > 1.5 * area["DMSO"].max()
     gathered = gather_profiles([tmp_path / "w.parquet"], tmp_path / "all.parquet")
     validate_profiles(gathered, "gathered")
+
+
+def test_neighbors_of_a_site_with_one_or_no_object_are_zero_not_a_crash():
+    """cp_measure 0.3.0 crashes on < 2 objects; CellProfiler reports zeros for a lone object."""
+    from morphobench.images.features import FeatureParams, _neighbors
+
+    one = np.zeros((32, 32), dtype=np.int32)
+    one[8:16, 8:16] = 1
+    res = _neighbors(one, FeatureParams())
+    assert res and all(v.shape == (1,) and (v == 0).all() for v in res.values())
+    assert any(k.startswith("Neighbors_NumberOfNeighbors") for k in res)
+    none = _neighbors(np.zeros((32, 32), dtype=np.int32), FeatureParams())
+    assert set(none) == set(res) and all(v.shape == (0,) for v in none.values())

@@ -272,7 +272,19 @@ def _neighbors(labels: np.ndarray, params: FeatureParams) -> dict[str, np.ndarra
     from cp_measure.bulk import get_multimask_measurements
 
     fn = get_multimask_measurements()["neighbors"]
-    return fn(labels, labels, distance_method=params.neighbors_method, distance=params.neighbors_distance)
+    kw = {"distance_method": params.neighbors_method, "distance": params.neighbors_distance}
+    n = int(labels.max()) if labels.size else 0
+    if n <= 1:
+        # cp_measure 0.3.0 raises UnboundLocalError for label images with fewer than 2 objects
+        # (its no-neighbour branch uses `object_numbers` before assignment). CellProfiler's
+        # MeasureObjectNeighbors leaves every measurement of such objects at its initial 0
+        # (no neighbour, no closest object, zero distances/angle/touching): same keys, zeros.
+        probe = np.zeros((16, 16), dtype=labels.dtype)
+        probe[2:5, 2:5] = 1
+        probe[10:13, 10:13] = 2
+        keys = fn(probe, probe, **kw).keys()
+        return {k: np.zeros(n, dtype=np.float64) for k in keys}
+    return fn(labels, labels, **kw)
 
 
 def measure_site(img: np.ndarray, nuclei: np.ndarray, cells: np.ndarray, channels: Sequence[str],
