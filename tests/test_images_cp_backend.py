@@ -76,14 +76,41 @@ def test_missing_environment_is_a_clear_error(tmp_path):
 
 def test_settings_translation():
     s = cb.cp_segment_settings(sg.SegmentParams())
-    assert s["threshold_method"] == "Otsu" and s["cells_method"] == "Watershed - Image"
+    assert s["threshold_method"] == "Otsu" and s["unclump_method"] == s["watershed_method"] == "Shape"
     # default: GaussianFilter σ before the Identify modules (as the in-process backend smooths)
     assert s["pre_smooth_sigma"] == 1.0 and s["threshold_smoothing_scale"] == 0.0
+    # cells: Otsu of the summed, percentile-scaled non-DNA channels (each smoothed σ 2), then
+    # Propagation (λ = propagation_lambda) on AGP smoothed σ 1
+    assert s["cells_method"] == "Propagation" and s["regularization_factor"] == 0.25
+    assert s["cells_channel"] == "AGP" and s["cells_watershed_sigma"] == 1.0
+    assert s["cells_pre_smooth_sigma"] == 2.0 and s["cells_threshold_smoothing_scale"] == 0.0
+    assert s["cells_foreground_channels"] is None and s["cells_foreground_percentiles"] == [1.0, 99.5]
+    assert not s["cells_invert"] and not s["cells_enhance_edges"] and s["cells_max_distance"] is None
+    chans = ["DNA", "ER", "RNA", "AGP", "Mito"]
+    assert cb.cp_segment_settings(sg.SegmentParams(), channels=chans)["cells_foreground_channels"] == \
+        ["ER", "RNA", "AGP", "Mito"] == sg.cell_foreground_channels(chans, sg.SegmentParams())
+    p = sg.SegmentParams(cell_foreground_channels=("AGP", "RNA"), cell_smooth_sigma=3.0,
+                         cell_watershed_sigma=0.5, propagation_lambda=0.1, cell_max_distance=30.0)
+    s1 = cb.cp_segment_settings(p, channels=chans)
+    assert s1["cells_foreground_channels"] == ["AGP", "RNA"] and s1["regularization_factor"] == 0.1
+    assert s1["cells_pre_smooth_sigma"] == 3.0 and s1["cells_watershed_sigma"] == 0.5
+    assert s1["cells_max_distance"] == 30.0 and s1["distance_to_dilate"] == 30
+    # the other cell methods: their CellProfiler counterparts
+    expect = {"intensity": ("Watershed - Image", False, False),
+              "membrane": ("Watershed - Image", False, True),
+              "gradient": ("Watershed - Image", True, True),
+              "distance": ("Distance - B", False, False)}
+    for m, (method, edges, inv) in expect.items():
+        sm = cb.cp_segment_settings(sg.SegmentParams(cell_method=m))
+        assert (sm["cells_method"], sm["cells_enhance_edges"], sm["cells_invert"]) == (method, edges, inv), m
+    with pytest.raises(MorphobenchError, match="cell_method"):
+        cb.cp_segment_settings(sg.SegmentParams(cell_method="voronoi"))
     s2 = cb.cp_segment_settings(sg.SegmentParams(), {"smoothing": "threshold"})
     assert s2["threshold_smoothing_scale"] == pytest.approx(1.3488)  # CellProfiler's default = σ 1
-    assert "pre_smooth_sigma" not in s2 and "smoothing" not in s2
-    assert s["unclump_method"] == s["watershed_method"] == "Shape"
-    assert cb.cp_segment_settings(sg.SegmentParams(), {"cells_method": "Propagation"})["cells_method"] == "Propagation"
+    assert s2["cells_threshold_smoothing_scale"] == pytest.approx(2 * 1.3488)
+    assert not {"pre_smooth_sigma", "cells_pre_smooth_sigma", "cells_watershed_sigma", "smoothing"} & set(s2)
+    s3 = cb.cp_segment_settings(sg.SegmentParams(), {"cells_method": "Watershed - Gradient"})
+    assert s3["cells_method"] == "Watershed - Gradient"
     with pytest.raises(MorphobenchError, match="threshold"):
         cb.cp_segment_settings(sg.SegmentParams(threshold_method="triangle"))
     # CellProfiler's median disk (radius int(size/2.35+0.5)) spans the in-process window
@@ -287,6 +314,49 @@ def test_same_illumination_same_nuclei(plate, cp_python, tmp_path, caplog):
     assert abs(len(obj) - n_in) <= max(1, 0.02 * n_in), (n_in, len(obj))
     assert len(ious) >= 0.97 * n_in and np.median(ious) >= 0.95, (len(ious), n_in, np.median(ious))
     assert any("segment 3/3" in r.getMessage() for r in caplog.records)  # worker progress relayed
+
+
+def test_blank_site(plate, cp_python, tmp_path):
+    """A constant raw image is a blank site, whatever the illumination function makes of it: zero
+    objects and a QC flag (an empty non-DNA channel: flagged, contributes nothing to the cell
+    foreground). All-zero images are blank for both backends."""
+    import tifffile
+
+    rows = plate["sheet"].iloc[:3].copy()
+    for k, (ch, val) in enumerate((("DNA", 0), ("DNA", 700), ("Mito", 700))):
+        f = tmp_path / f"const_{k}_{ch}.tif"
+        tifffile.imwrite(f, np.full((256, 256), val, np.uint16))
+        rows.loc[rows.index[k], [f"FileName_Orig{ch}", f"PathName_Orig{ch}"]] = [f.name, str(tmp_path)]
+    obj, qc = cb.run_segment_cp(rows, tmp_path / "l.zarr", tmp_path / "o.parquet", plate["params"],
+                                illum=plate["dir"] / "illum_cp.npz", python=cp_python)
+    assert qc["QC_Blank"].tolist() == [True, True, True]
+    assert qc["QC_BlankChannels"].tolist() == ["DNA", "DNA", "Mito"]
+    assert qc["Count_Nuclei"].tolist()[:2] == [0, 0] and qc["Count_Cells"].tolist()[:2] == [0, 0]
+    assert np.isnan(qc["Threshold_Nuclei"].iloc[0]) and (obj["ImageNumber"] == 3).sum() > 10
+    assert qc["Count_Cells"].iloc[2] == qc["Count_Nuclei"].iloc[2]
+    _, qc_in = sg.run_segment(rows.iloc[:1], tmp_path / "li.zarr", tmp_path / "oi.parquet", plate["params"],
+                              illum=plate["illum_in"])
+    assert bool(qc_in["QC_Blank"].iloc[0]) and qc_in["Count_Nuclei"].iloc[0] == 0
+
+
+def test_cell_options_follow_inprocess(plate, cp_python, tmp_path):
+    """Non-default cell settings (membrane watershed on a foreground of AGP alone) still agree."""
+    rows = plate["sheet"].iloc[:3]
+    params = sg.SegmentParams(cell_method="membrane", cell_foreground_channels=("AGP",))
+    sg.run_segment(rows, tmp_path / "li.zarr", tmp_path / "oi.parquet", params, illum=plate["illum_in"])
+    cb.run_segment_cp(rows, tmp_path / "lc.zarr", tmp_path / "oc.parquet", params,
+                      illum=plate["dir"] / "illum_in.npz", python=cp_python)
+    arr_in, _ = sg.open_labels(tmp_path / "li.zarr")
+    arr_cp, sites = sg.open_labels(tmp_path / "lc.zarr")
+    assert arr_cp.attrs["channels_used"] == ["DNA", "AGP"]
+    assert arr_cp.attrs["cp_settings"]["cells_invert"] is True
+    ious = []
+    for i in range(len(rows)):
+        la, lb, _ = _match(np.asarray(arr_in[i, 0]), np.asarray(arr_cp[i, 0]))
+        ci, cc = np.asarray(arr_in[i, 1]), np.asarray(arr_cp[i, 1])
+        ious += [((ci == a) & (cc == b)).sum() / ((ci == a) | (cc == b)).sum()
+                 for a, b in zip(la, lb, strict=True)]
+    assert np.median(ious) >= 0.9, np.median(ious)
 
 
 def test_cp_measurements_equal_inprocess_definitions_on_same_labels(plate, cp_python):

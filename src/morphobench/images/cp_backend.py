@@ -20,8 +20,8 @@ metadata carry.
 Parameters are the in-process backend's (:class:`~morphobench.images.illum.IllumParams`,
 :class:`~morphobench.images.segment.SegmentParams`), translated to the CellProfiler module settings
 that do the same thing (:func:`cp_illum_settings`, :func:`cp_segment_settings`); ``cp_settings``
-overrides any translated setting with a CellProfiler-native one (e.g. ``cells_method:
-"Propagation"``, CellProfiler's usual secondary-object method, which has no in-process twin).
+overrides any translated setting with a CellProfiler-native one (e.g. ``regularization_factor``
+or ``cells_method: "Watershed - Gradient"``).
 
 The interpreter is, in order: the ``python`` argument, ``$MORPHOBENCH_CP_PYTHON``, the config key
 ``images.cellprofiler_python``, and ``.venv-cellprofiler/bin/python`` (relative paths are looked
@@ -56,7 +56,13 @@ import pandas as pd
 from morphobench.data.model import SITE_KEYS, sheet_channels
 from morphobench.images.illum import IllumParams, effective_median_size, save_illum_png
 from morphobench.images.io import IllumFunctions, site_label, site_meta, site_paths
-from morphobench.images.segment import OBJECTS, SegmentParams, object_table, open_labels
+from morphobench.images.segment import (
+    OBJECTS,
+    SegmentParams,
+    cell_foreground_channels,
+    object_table,
+    open_labels,
+)
 from morphobench.io import MorphobenchError, atomic_path, write_parquet
 
 log = logging.getLogger("morphobench.images.cp_backend")
@@ -74,8 +80,12 @@ _REPO = Path(__file__).resolve().parents[3]
 
 _THRESHOLD_METHODS = {"otsu": "Otsu", "li": "Minimum Cross-Entropy"}
 _DECLUMP = {"shape": "Shape", "intensity": "Intensity", "none": "None"}
-_CELL_METHODS = {"intensity": "Watershed - Image", "gradient": "Watershed - Gradient",
-                 "distance": "Distance - N", "propagation": "Propagation"}
+#: in-process cell_method → (IdentifySecondaryObjects method, EnhanceEdges Sobel?, ImageMath Invert?)
+_CELL_METHODS = {"propagation": ("Propagation", False, False),
+                 "intensity": ("Watershed - Image", False, False),
+                 "membrane": ("Watershed - Image", False, True),
+                 "gradient": ("Watershed - Image", True, True),
+                 "distance": ("Distance - B", False, False)}
 #: CellProfiler's "threshold smoothing scale" s gives a Gaussian of σ = s / 0.6744 / 2
 _SCALE_PER_SIGMA = 2 * 0.6744
 
@@ -347,20 +357,50 @@ def run_illum_cp(rows: pd.DataFrame, out: str | os.PathLike, params: IllumParams
 # --------------------------------------------------------------------------------------------
 # Segmentation
 # --------------------------------------------------------------------------------------------
-def cp_segment_settings(params: SegmentParams, overrides: Mapping | None = None) -> dict:
+def cp_segment_settings(params: SegmentParams, overrides: Mapping | None = None,
+                        channels: Sequence[str] | None = None) -> dict:
     """IdentifyPrimaryObjects / IdentifySecondaryObjects settings doing what
     :func:`segment.segment_nuclei` / :func:`segment.segment_cells` do.
+
+    Cells, as in the in-process backend: the foreground is a Threshold (``cell_threshold_method``
+    × ``cell_threshold_correction``) of the composite ImageMath "Add" of the
+    ``cell_foreground_channels`` (``channels``, when given, resolves the default "all but the
+    nuclei channel"; otherwise the worker does, from the request's channels), each smoothed
+    (σ ``cell_smooth_sigma``) and rescaled to its 1st–99.5th percentile; the nuclei are added and
+    holes filled. IdentifySecondaryObjects then runs on ``cell_channel`` (GaussianFilter σ
+    ``cell_watershed_sigma``) inside that foreground, ``cell_method`` mapped to:
+
+    - ``propagation`` → Propagation, regularization factor = ``propagation_lambda``, on
+      CellProfiler's [0, 1] intensities (the step costs differ in form — CellProfiler's
+      √((Σ₃ₓ₃|Δ|)² + λ²·steps) against the in-process scaled gradient + λ·distance — but the
+      results agree closely, below; rescaling the image as the in-process gradient is scaled
+      agreed worse, r 0.75 on the synthetic plate);
+    - ``intensity`` → Watershed - Image (CellProfiler floods ``1 − image``: borders where dim);
+    - ``membrane`` → ImageMath Invert + Watershed - Image (floods the image: borders on bright
+      membranes, as the in-process watershed on the smoothed image);
+    - ``gradient`` → EnhanceEdges (Sobel) + ImageMath Invert + Watershed - Image (floods the
+      Sobel magnitude, as the in-process backend; CellProfiler's own "Watershed - Gradient" takes
+      the Sobel along x only);
+    - ``distance`` → Distance - B (propagation with λ 1 inside the foreground, up to
+      ``cell_max_distance``, else unlimited; "Distance - N" would ignore the foreground).
+
+    ``cell_max_distance`` masks the foreground (distance to the nearest nucleus) for every method.
+    Measured agreement of matched cells (synthetic test plate / 12 simulated-screen sites;
+    area Pearson r, median IoU): propagation 0.98, 0.96 / 0.99, 0.98; intensity 0.98, 0.97 /
+    0.95, 0.99; membrane 0.95, 0.98 / 1.00, 0.99; distance 0.98, 0.97 / 1.00, 0.99; gradient
+    0.64, 0.97 / 0.90, 0.98 (CellProfiler's watersheds are 8-connected, the in-process ones 4-).
 
     ``overrides`` are worker settings (``cp_worker.SEGMENT_DEFAULTS`` names) applied last, plus
     one driver option, ``smoothing``:
 
-    - ``"gaussian_filter"`` (default): a GaussianFilter module (σ = ``smooth_sigma`` /
-      ``cell_smooth_sigma``) runs before IdentifyPrimaryObjects / IdentifySecondaryObjects, whose
-      threshold smoothing is off — threshold and watershed both see the smoothed image, as in the
-      in-process backend;
-    - ``"threshold"``: CellProfiler's usual set-up, no GaussianFilter; the Identify modules'
+    - ``"gaussian_filter"`` (default): GaussianFilter modules (σ = ``smooth_sigma``,
+      ``cell_smooth_sigma`` per foreground channel, ``cell_watershed_sigma``) run before the
+      threshold / Identify modules, whose threshold smoothing is off — threshold and watershed
+      see the smoothed images, as in the in-process backend;
+    - ``"threshold"``: CellProfiler's usual set-up, no GaussianFilter; the threshold modules'
       "threshold smoothing scale" = σ · 1.3488 (CellProfiler's default 1.3488 is σ 1): the
-      threshold is computed on the raw image and only the binarised image is smoothed.
+      threshold is computed on the raw image and only the binarised image is smoothed; the
+      secondary objects grow on the unsmoothed cell channel.
     """
     overrides = dict(overrides or {})
     smoothing = overrides.pop("smoothing", "gaussian_filter")
@@ -378,6 +418,12 @@ def cp_segment_settings(params: SegmentParams, overrides: Mapping | None = None)
     if params.compactness:
         log.warning("cellprofiler backend: watershed compactness %s has no CellProfiler setting; ignored",
                     params.compactness)
+    if params.threshold_log:
+        raise MorphobenchError("threshold_log is not supported by the cellprofiler backend's "
+                               "IdentifyPrimaryObjects settings here; set it false")
+    method, edges, invert = _CELL_METHODS[params.cell_method]
+    fgc = (cell_foreground_channels(channels, params) if channels is not None
+           else list(params.cell_foreground_channels) or None)
     lines = params.dividing_lines or params.declump
     s = {
         "nuclei_channel": params.nuclei_channel,
@@ -393,21 +439,26 @@ def cp_segment_settings(params: SegmentParams, overrides: Mapping | None = None)
         "maxima_suppression_size": params.maxima_suppression,
         "exclude_border_objects": bool(params.exclude_border),
         "cells_channel": params.cell_channel,
-        "cells_method": _CELL_METHODS[params.cell_method],
+        "cells_foreground_channels": fgc,
+        "cells_foreground_percentiles": [1.0, 99.5],
+        "cells_method": method,
+        "cells_enhance_edges": edges,
+        "cells_invert": invert,
+        "regularization_factor": float(params.propagation_lambda),
         "cells_threshold_method": ctm,
         "cells_threshold_smoothing_scale": params.cell_smooth_sigma * _SCALE_PER_SIGMA,
         "cells_threshold_correction_factor": params.cell_threshold_correction,
-        # "Distance - N" without a limit in the in-process backend: dilate "as far as needed"
+        "cells_max_distance": (None if params.cell_max_distance is None
+                               else float(params.cell_max_distance)),
+        # Distance - B without a limit in the in-process backend: dilate "as far as needed"
         "distance_to_dilate": int(params.cell_max_distance) if params.cell_max_distance is not None
         else 100000,
     }
     if smoothing == "gaussian_filter":
         s.update({"pre_smooth_sigma": float(params.smooth_sigma), "threshold_smoothing_scale": 0.0,
                   "cells_pre_smooth_sigma": float(params.cell_smooth_sigma),
-                  "cells_threshold_smoothing_scale": 0.0})
-    if params.threshold_log:
-        raise MorphobenchError("threshold_log is not supported by the cellprofiler backend's "
-                               "IdentifyPrimaryObjects settings here; set it false")
+                  "cells_threshold_smoothing_scale": 0.0,
+                  "cells_watershed_sigma": float(params.cell_watershed_sigma)})
     s.update(overrides)
     return s
 
@@ -430,11 +481,16 @@ def run_segment_cp(rows: pd.DataFrame, labels_out: str | os.PathLike, objects_ou
     if rows.empty:
         raise MorphobenchError("segment (cellprofiler): no sites")
     channels = sheet_channels(rows)
-    use = [params.nuclei_channel] + ([params.cell_channel] if params.cell_channel != params.nuclei_channel else [])
+    settings = cp_segment_settings(params, cp_settings, channels=channels)
+    if not settings.get("cells_foreground_channels"):  # an override of None / []: all but nuclei
+        settings["cells_foreground_channels"] = ([c for c in channels if c != settings["nuclei_channel"]]
+                                                 or [settings["cells_channel"]])
+    # the channels the in-process backend reads (nuclei, cell, cell foreground), in its order
+    use = list(dict.fromkeys([settings["nuclei_channel"], settings["cells_channel"],
+                              *settings["cells_foreground_channels"]]))
     for ch in use:
         if ch not in channels:
             raise MorphobenchError(f"segmentation channel {ch!r} not in the image sheet (has {channels})")
-    settings = cp_segment_settings(params, cp_settings)
     sites = request_sites(rows, use, root)
     with _Workdir() as wd:
         res = run_worker("segment", sites, use, settings, wd, python=python,
@@ -462,11 +518,12 @@ def run_segment_cp(rows: pd.DataFrame, labels_out: str | os.PathLike, objects_ou
                 if blank:
                     log.warning("segment (cellprofiler): site %s has blank channel(s) %s",
                                 site_label(row), ",".join(blank))
-                scale = float(d.get("scale", 1.0))  # CellProfiler thresholds are on [0, 1]
+                scale = float(d.get("scale", 1.0))  # CellProfiler's nuclei threshold is on [0, 1]
                 qcs.append({**meta, "ImageNumber": i + 1, "Count_Nuclei": int(nuc.max()),
                             "Count_Cells": int(len(np.unique(cel)) - 1),
                             "Threshold_Nuclei": _num(d.get("threshold_nuclei")) * scale,
-                            "Threshold_Cells": _num(d.get("threshold_cells")) * scale,
+                            # on the percentile-scaled composite: unit-free, as in-process
+                            "Threshold_Cells": _num(d.get("threshold_cells")),
                             "QC_Blank": bool(blank), "QC_BlankChannels": ",".join(blank)})
                 tables.append(object_table(nuc, cel, meta, image_number=i + 1))
             qc_df = pd.DataFrame(qcs)

@@ -62,8 +62,9 @@ ILLUM_DEFAULTS = {
     "skip_blank": True,           # constant images (e.g. an empty channel) are not averaged
 }
 SEGMENT_DEFAULTS = {
-    # GaussianFilter (σ, pixels) applied before IdentifyPrimaryObjects / IdentifySecondaryObjects
-    # (0: none; the Identify modules' own "threshold smoothing scale" is the other way to smooth)
+    # GaussianFilter (σ, pixels) applied before IdentifyPrimaryObjects (nuclei image) and to each
+    # cell-foreground channel before the composite is built (0: none; the threshold modules' own
+    # "threshold smoothing scale" is the other way to smooth)
     "pre_smooth_sigma": 0.0,
     "cells_pre_smooth_sigma": 0.0,
     # IdentifyPrimaryObjects (nuclei)
@@ -83,14 +84,28 @@ SEGMENT_DEFAULTS = {
     "exclude_border_objects": True,
     "exclude_size": True,
     "fill_holes": "After both thresholding and declumping",
-    # IdentifySecondaryObjects (cells)
-    "cells_channel": "AGP",
-    "cells_method": "Propagation",
+    # Cell foreground: Threshold module on a composite = ImageMath "Add" of the foreground channels,
+    # each (after GaussianFilter σ cells_pre_smooth_sigma) RescaleIntensity'd so that its
+    # cells_foreground_percentiles map to 0 and 1 (None: raw sum); the nuclei are added to the
+    # mask, holes filled. None: every request channel except the nuclei channel.
+    "cells_foreground_channels": None,
+    "cells_foreground_percentiles": [1.0, 99.5],
     "cells_threshold_method": "Otsu",
     "cells_threshold_smoothing_scale": 0.0,
     "cells_threshold_correction_factor": 1.0,
+    # IdentifySecondaryObjects (cells) on cells_channel (GaussianFilter σ cells_watershed_sigma),
+    # masked by the foreground above (manual threshold at the image minimum: the mask is the
+    # foreground). cells_enhance_edges: EnhanceEdges (Sobel, all directions) first;
+    # cells_invert: then ImageMath "Invert" ("Watershed - Image" floods 1 − image, so inverted it
+    # floods the image itself: borders on bright membranes, or on strong edges).
+    "cells_channel": "AGP",
+    "cells_method": "Propagation",
+    "cells_watershed_sigma": 0.0,
+    "cells_enhance_edges": False,
+    "cells_invert": False,
     "regularization_factor": 0.05,
     "distance_to_dilate": 10,
+    "cells_max_distance": None,   # mask the foreground to this distance (px) from a nucleus
     "cells_fill_holes": True,
     "discard_edge_cells": False,
 }
@@ -201,8 +216,10 @@ def load_illum(path: str | None, channels):
 def read_channel(site: dict, ch: str, illum, with_scale: bool = False):
     """One channel of a site, illumination-corrected (CorrectIlluminationApply, Divide).
 
-    ``with_scale``: return ``(image, divisor applied to the file's values, raw image constant?)``
-    (blankness is judged BEFORE the correction, which would make a constant image non-constant).
+    ``with_scale``: return ``(image, divisor applied to the file's values, blank?)``. Blank = the
+    RAW image is constant (an empty channel): judged before the correction, which would turn a
+    constant image into the inverse of the illumination function. The in-process backend's
+    test (constant after correction) is the special case of an all-zero image.
     """
     try:
         path = site["paths"][ch]
@@ -326,21 +343,63 @@ def task_illum(req: dict) -> dict:
 # --------------------------------------------------------------------------------------------
 # Task: segmentation (nuclei = IdentifyPrimaryObjects, cells = IdentifySecondaryObjects)
 # --------------------------------------------------------------------------------------------
-def segment_site(dna, cyto, p: dict, dna_blank: bool = False, cyto_blank: bool = False):
-    """Return ``(nuclei, cells, info)``; int32 labels, cells numbered as their nucleus.
+def cell_foreground(images: dict, p: dict, blank=()):
+    """The cell foreground (binary image) and its threshold; ``(None, nan)`` if there is nothing
+    to threshold.
 
-    A blank (constant) nuclei image gives no objects; a blank cell image gives cells = nuclei.
+    Each of ``cells_foreground_channels`` (blank ones contribute nothing) → GaussianFilter (σ
+    ``cells_pre_smooth_sigma``) → RescaleIntensity (``cells_foreground_percentiles`` → 0, 1) →
+    ImageMath Add; then Threshold (global ``cells_threshold_method`` × correction factor,
+    unbounded: the composite is not on [0, 1]).
     """
     np = _np()
-    if dna_blank:
+    from cellprofiler_library.modules import gaussianfilter, threshold
+
+    sigma = float(p["cells_pre_smooth_sigma"])
+    pct = p["cells_foreground_percentiles"]
+    comb = None
+    for ch in p["cells_foreground_channels"]:
+        if ch in blank:
+            continue
+        x = np.asarray(images[ch], np.float64)
+        if sigma > 0:
+            x = np.asarray(gaussianfilter(x, sigma), np.float64)
+        if pct:
+            lo, hi = (float(v) for v in np.percentile(x, [float(pct[0]), float(pct[1])]))
+            if hi <= lo:
+                continue
+            x = (x - lo) / (hi - lo)
+        comb = x if comb is None else comb + x
+    if comb is None or float(comb.max() - comb.min()) <= 0:
+        return None, float("nan")
+    res = threshold(comb, mask=None, threshold_scope="Global", threshold_method=p["cells_threshold_method"],
+                    assign_middle_to_foreground="Foreground",
+                    threshold_correction_factor=float(p["cells_threshold_correction_factor"]),
+                    threshold_min=float("-inf"), threshold_max=float("inf"),
+                    smoothing=float(p["cells_threshold_smoothing_scale"]))
+    return np.asarray(res[3], bool), float(res[0])
+
+
+def segment_site(images: dict, p: dict, blank=()):
+    """Segment one site; ``images``: channel -> illumination-corrected float image (nuclei, cell
+    and foreground channels); ``blank``: channels whose raw image is constant; ``p``: the
+    settings, ``cells_foreground_channels`` resolved (a list).
+
+    Return ``(nuclei, cells, info)``; int32 labels, cells numbered as their nucleus. A blank
+    nuclei image gives no objects; a blank (constant) foreground composite gives cells = nuclei;
+    a blank cell channel propagates on a constant image (distance alone).
+    """
+    np = _np()
+    from scipy import ndimage
+
+    dna = images[p["nuclei_channel"]]
+    if p["nuclei_channel"] in blank:
         z = np.zeros(dna.shape, np.int32)
         return z, z.copy(), {"n": 0, "threshold_nuclei": float("nan"), "threshold_cells": float("nan")}
     from cellprofiler_library.modules import gaussianfilter, identifyprimaryobjects, identifysecondaryobjects
 
     if float(p["pre_smooth_sigma"]) > 0:
         dna = gaussianfilter(dna, float(p["pre_smooth_sigma"])).astype(np.float32)
-    if float(p["cells_pre_smooth_sigma"]) > 0:
-        cyto = gaussianfilter(cyto, float(p["cells_pre_smooth_sigma"])).astype(np.float32)
     kw = {}
     if p["declump_smoothing_filter_size"] is not None:
         kw["smoothing_filter_size"] = int(p["declump_smoothing_filter_size"])
@@ -360,23 +419,38 @@ def segment_site(dna, cyto, p: dict, dna_blank: bool = False, cyto_blank: bool =
         return_cp_output=True, **kw)
     nuclei, unedited = res[0].astype(np.int32), res[1].astype(np.int32)
     nuc_threshold = float(res[12])
-    if cyto_blank and nuclei.max() > 0:
-        return nuclei, nuclei.copy(), {"n": int(nuclei.max()), "threshold_nuclei": nuc_threshold,
-                                       "threshold_cells": float("nan")}
     if nuclei.max() == 0:
         return nuclei, np.zeros_like(nuclei), {"n": 0, "threshold_nuclei": nuc_threshold,
                                                "threshold_cells": float("nan")}
-    # an all-true mask, not None: the watershed methods AND their mask with it
+    binary, cell_threshold = cell_foreground(images, p, blank)
+    if binary is None:  # nothing to threshold: cells = nuclei (as the in-process backend)
+        return nuclei, nuclei.copy(), {"n": int(nuclei.max()), "threshold_nuclei": nuc_threshold,
+                                       "threshold_cells": cell_threshold}
+    fg = ndimage.binary_fill_holes(binary | (nuclei > 0))
+    if p["cells_max_distance"] is not None:
+        fg &= ndimage.distance_transform_edt(nuclei == 0) <= float(p["cells_max_distance"])
+    cyto = np.asarray(images[p["cells_channel"]], np.float64)
+    if p["cells_channel"] in blank:
+        cyto = np.zeros(cyto.shape)
+    elif float(p["cells_watershed_sigma"]) > 0:
+        cyto = np.asarray(gaussianfilter(cyto, float(p["cells_watershed_sigma"])), np.float64)
+    if p["cells_enhance_edges"]:  # EnhanceEdges, Sobel
+        from cellprofiler_library.modules import enhanceedges
+
+        cyto = np.asarray(enhanceedges(cyto, method="Sobel", direction="All"), np.float64)
+    if p["cells_invert"]:  # ImageMath "Invert"
+        cyto = 1.0 - cyto
+    # the foreground is the mask; a manual threshold at the image minimum keeps all of it
+    lo = float(cyto.min())
     sres = identifysecondaryobjects(
-        cyto, nuclei, unedited_objects=unedited, mask=np.ones(cyto.shape, bool),
-        secondary_object_method=p["cells_method"], threshold_method=p["cells_threshold_method"],
+        cyto, nuclei, unedited_objects=unedited, mask=fg,
+        secondary_object_method=p["cells_method"], threshold_method="Manual",
         threshold_scope="Global", assign_middle_to_foreground="Foreground",
-        threshold_smoothing=float(p["cells_threshold_smoothing_scale"]),
-        threshold_correction_factor=float(p["cells_threshold_correction_factor"]),
+        predefined_threshold=lo, threshold_min=lo, threshold_max=max(lo, float(cyto.max())),
+        threshold_smoothing=0.0, threshold_correction_factor=1.0,
         distance_to_dilate=int(p["distance_to_dilate"]), fill_holes=bool(p["cells_fill_holes"]),
         discard_edge=bool(p["discard_edge_cells"]),
         regularization_factor=float(p["regularization_factor"]), return_cp_output=True)
-    cell_threshold = float(np.mean(np.atleast_1d(sres[0]))) if sres[0] is not None else float("nan")
     nuclei_out = np.asarray(sres[5]).astype(np.int32)   # = nuclei unless edge cells were discarded
     cells = np.asarray(sres[6]).astype(np.int32)
     return nuclei_out, cells, {"n": int(nuclei_out.max()), "threshold_nuclei": nuc_threshold,
@@ -402,19 +476,28 @@ def _centres_areas(labels, n: int):
 def task_segment(req: dict) -> dict:
     np = _np()
     p = _merge(SEGMENT_DEFAULTS, req.get("params"), "segment")
-    illum = load_illum(req.get("illum"), [p["nuclei_channel"], p["cells_channel"]])
+    fgc = list(p["cells_foreground_channels"] or
+               [c for c in req["channels"] if c != p["nuclei_channel"]] or [p["cells_channel"]])
+    p["cells_foreground_channels"] = fgc
+    use = list(dict.fromkeys([p["nuclei_channel"], p["cells_channel"], *fgc]))
+    illum = load_illum(req.get("illum"), use)
     arrays, rows, info = {}, [], []
     prog = Progress("segment", len(req["sites"]))
     for i, site in enumerate(req["sites"]):
         prog(i)
-        dna, scale, dna_blank = read_channel(site, p["nuclei_channel"], illum, with_scale=True)
-        cyto, _, cyto_blank = read_channel(site, p["cells_channel"], illum, with_scale=True)
-        blank = [ch for ch, b in ((p["nuclei_channel"], dna_blank), (p["cells_channel"], cyto_blank)) if b]
-        if dna.shape != cyto.shape:
-            raise WorkerError(f"{p['nuclei_channel']} image {dna.shape} and {p['cells_channel']} "
-                              f"image {cyto.shape} differ in shape", site["paths"][p["cells_channel"]])
+        images, blank, scale = {}, [], None
+        for ch in use:
+            img, sc, is_blank = read_channel(site, ch, illum, with_scale=True)
+            if scale is None:
+                scale = sc
+            if images and img.shape != next(iter(images.values())).shape:
+                raise WorkerError(f"{ch} image {img.shape} differs in shape from the site's "
+                                  f"{use[0]} image {next(iter(images.values())).shape}", site["paths"][ch])
+            images[ch] = img
+            if is_blank:
+                blank.append(ch)
         try:
-            nuclei, cells, inf = segment_site(dna, cyto, p, dna_blank, cyto_blank)
+            nuclei, cells, inf = segment_site(images, p, set(blank))
         except WorkerError:
             raise
         except Exception as err:
@@ -428,7 +511,7 @@ def task_segment(req: dict) -> dict:
         for k in range(n):
             rows.append([i, k + 1, float(ncx[k]), float(ncy[k]), float(nar[k]),
                          float(ccx[k]), float(ccy[k]), float(car[k])])
-        info.append({"site": i, **inf, "scale": scale, "blank": list(dict.fromkeys(blank))})
+        info.append({"site": i, **inf, "scale": scale, "blank": blank})
     prog(prog.total)
     np.savez_compressed(os.path.join(req["out_dir"], "labels.npz"), **arrays)
     _write_csv(os.path.join(req["out_dir"], "objects.csv"),
