@@ -186,3 +186,29 @@ def test_run_segment_store_and_table(tmp_path):
         np.testing.assert_array_equal(np.bincount(nuc.ravel())[1:], g["Nuclei_AreaShape_Area"].to_numpy())
         key = (sites.loc[im - 1, "Metadata_Well"], int(sites.loc[im - 1, "Metadata_Site"]))
         assert match_instances(nuc, truth["nuclei"][key])["f1"] >= 0.85
+
+
+def test_constant_raw_dna_is_blank_even_after_illumination_correction(tmp_path):
+    """A constant (non-zero) raw DNA image is a blank site: QC flag and zero objects, although
+    dividing by the illumination function makes it non-constant."""
+    import tifffile
+
+    from morphobench.data.model import CHANNELS, filename_col, pathname_col
+    from morphobench.images.io import IllumFunctions
+    from morphobench.images.segment import SegmentParams, run_segment
+
+    rng = np.random.default_rng(0)
+    row = {"Metadata_Source": "s", "Metadata_Batch": "b", "Metadata_Plate": "P", "Metadata_Well": "A01",
+           "Metadata_Site": 1}
+    for ch in CHANNELS:
+        img = np.full((64, 64), 500, np.uint16) if ch == "DNA" else rng.integers(100, 3000, (64, 64), dtype=np.uint16)
+        tifffile.imwrite(tmp_path / f"{ch}.tif", img)
+        row[filename_col(ch)] = f"{ch}.tif"
+        row[pathname_col(ch)] = str(tmp_path)
+    yy, xx = np.mgrid[:64, :64]
+    field = (1 + 0.5 * np.exp(-((yy - 32) ** 2 + (xx - 32) ** 2) / 400)).astype(np.float32)
+    illum = IllumFunctions({ch: field for ch in CHANNELS}, plate="P")
+    objects, qc = run_segment(pd.DataFrame([row]), tmp_path / "l.zarr", tmp_path / "o.parquet",
+                              SegmentParams(), illum=illum)
+    assert len(objects) == 0
+    assert bool(qc["QC_Blank"].iloc[0]) and qc["QC_BlankChannels"].iloc[0] == "DNA"

@@ -146,17 +146,26 @@ def read_site(row: Mapping[str, Any] | pd.Series, channels: Sequence[str] | None
                                + ", ".join(f"{paths[i]} {planes[i].shape}" for i in range(len(paths))))
     out = np.stack(planes).astype(np.float32, copy=False)
     if illum is not None:
-        for i, ch in enumerate(channels):
-            f = illum[ch] if ch in illum else None
-            if f is None:
-                raise MorphobenchError(f"illumination functions have no channel {ch!r} "
-                                       f"(have {list(illum.keys())})")
-            if f.shape != out.shape[1:]:
-                raise MorphobenchError(
-                    f"site {site_label(row)}: image {paths[i]} has shape {out.shape[1:]} but the "
-                    f"illumination function for {ch} has shape {f.shape}")
-            out[i] /= f
+        apply_illum(out, channels, illum, where=f"site {site_label(row)}", files=paths)
     return out
+
+
+def apply_illum(img: np.ndarray, channels: Sequence[str],
+                illum: IllumFunctions | Mapping[str, np.ndarray], where: str = "image",
+                files: Sequence[str | os.PathLike] | None = None) -> np.ndarray:
+    """Divide each plane of ``img`` (C, H, W; float, in place) by its channel's illumination
+    function; errors name the channel and (with ``files``) the image file."""
+    for i, ch in enumerate(channels):
+        f = illum[ch] if ch in illum else None
+        if f is None:
+            raise MorphobenchError(f"illumination functions have no channel {ch!r} "
+                                   f"(have {list(illum.keys())})")
+        if f.shape != img.shape[1:]:
+            what = f"image {files[i]}" if files is not None else f"channel {ch}"
+            raise MorphobenchError(f"{where}: {what} has shape {img.shape[1:]} but the "
+                                   f"illumination function for {ch} has shape {f.shape}")
+        img[i] /= f
+    return img
 
 
 def blank_channels(img: np.ndarray, channels: Sequence[str], eps: float = 0.0) -> list[str]:

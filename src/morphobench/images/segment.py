@@ -54,7 +54,15 @@ from skimage import filters, measure, morphology, segmentation
 from skimage.feature import peak_local_max
 
 from morphobench.data.model import SITE_KEYS, sheet_channels
-from morphobench.images.io import IllumFunctions, blank_channels, read_site, site_label, site_meta
+from morphobench.images.io import (
+    IllumFunctions,
+    apply_illum,
+    blank_channels,
+    read_site,
+    site_label,
+    site_meta,
+    site_paths,
+)
 from morphobench.io import MorphobenchError, atomic_path, progress, write_parquet
 
 log = logging.getLogger("morphobench.images.segment")
@@ -249,16 +257,28 @@ def segment_cells(img: np.ndarray, nuclei: np.ndarray, params: SegmentParams = S
     return cells.astype(np.uint32), t
 
 
-def segment_site(img: np.ndarray, channels: Sequence[str], params: SegmentParams = SegmentParams()
-                 ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Segment one site ``(C,H,W)``; returns ``(nuclei, cells, qc)``."""
+def segment_site(img: np.ndarray, channels: Sequence[str], params: SegmentParams = SegmentParams(),
+                 blank: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Segment one site ``(C,H,W)``; returns ``(nuclei, cells, qc)``.
+
+    ``blank``: channels whose *raw* image is constant (QC flag). Pass it when ``img`` is already
+    illumination corrected (a constant raw plane is no longer constant after the division);
+    default: detected on ``img``. A blank nuclei channel gives zero objects; blank channels are
+    left out of the cell foreground (as the CellProfiler backend does).
+    """
     channels = list(channels)
     for ch in (params.nuclei_channel, params.cell_channel):
         if ch not in channels:
             raise MorphobenchError(f"segmentation channel {ch!r} not among the site's channels {channels}")
-    blank = blank_channels(img, channels)
+    blank = list(blank) if blank is not None else blank_channels(img, channels)
+    if params.nuclei_channel in blank:
+        empty = np.zeros(img.shape[1:], dtype=np.uint32)
+        qc = {"Count_Nuclei": 0, "Count_Cells": 0, "Threshold_Nuclei": float("nan"),
+              "Threshold_Cells": float("nan"), "QC_Blank": True, "QC_BlankChannels": ",".join(blank)}
+        return empty, empty.copy(), qc
     nuclei, tn = segment_nuclei(img[channels.index(params.nuclei_channel)], params)
-    fgc = [c for c in cell_foreground_channels(channels, params) if c in channels]
+    fgc = [c for c in cell_foreground_channels(channels, params) if c in channels and c not in blank]
+    fgc = fgc or [params.cell_channel]
     cells, tc = segment_cells(img[channels.index(params.cell_channel)], nuclei, params,
                               foreground=[img[channels.index(c)] for c in fgc])
     qc = {"Count_Nuclei": int(nuclei.max()), "Count_Cells": int(len(np.unique(cells)) - 1),
@@ -340,8 +360,12 @@ def run_segment(rows: pd.DataFrame, labels_out: str | os.PathLike, objects_out: 
     with atomic_path(labels_out, is_dir=True) as tmp:
         arr = None
         for i, (_, row) in enumerate(progress(rows.iterrows(), total=len(rows), desc="segment")):
-            img = read_site(row, use, illum=illum, root=root)
-            nuc, cel, qc = segment_site(img, use, params)
+            img = read_site(row, use, root=root)
+            blank = blank_channels(img, use)          # on the raw planes
+            if illum is not None:
+                apply_illum(img, use, illum, where=f"site {site_label(row)}",
+                            files=site_paths(row, use, root))
+            nuc, cel, qc = segment_site(img, use, params, blank=blank)
             if arr is None:
                 h, w = nuc.shape
                 arr = zarr.create_array(str(tmp), shape=(len(rows), 2, h, w), chunks=(1, 2, h, w),
