@@ -253,6 +253,40 @@ def test_masks_agree_with_cell_table(tiny):
     assert touching.mean() > 0.5
 
 
+def test_cells_cut_by_field_border(tiny):
+    """Sites are crops of a larger monolayer: nuclei are cut by the field border, some with most of
+    them outside (the visible part's centre within 3 px of the border), and they are in the masks
+    and the cell table with their visible part."""
+    paths = plate_paths(tiny / DS, "SIMB1P1")
+    cells = pd.read_parquet(paths["cells_path"])
+    xy = cells[["Nuclei_Location_Center_X", "Nuclei_Location_Center_Y"]].to_numpy()
+    near = ((xy < 3) | (xy > 128 - 1 - 3)).any(1)
+    assert near.sum() >= 10
+    full = np.pi * cells["Truth_NucleusRadius"] ** 2
+    assert (cells.loc[near, "Nuclei_AreaShape_Area"] < 0.5 * full[near]).all()
+
+
+def test_cell_coverage_uniform_to_the_border():
+    """Cells placed over the field plus a margin: as much of the border as of the centre is covered
+    (expected over sites), and ``n`` is the expected number of cells with a visible nucleus."""
+    from morphobench.simulate import render
+
+    size, margin, n, sites = 128, render.field_margin(), 10, 200
+    cov, counts = np.zeros((size, size)), []
+    for i in range(sites):
+        rng = np.random.default_rng([21, i])
+        p = render.cell_parameters(rng, np.zeros(len(AXES)), render.placed_count(n, size, margin))
+        lab, nuc, *_ = render.draw_cells(rng, p, size, margin)
+        crop = (slice(margin, margin + size), slice(margin, margin + size))
+        cov += lab[crop] > 0
+        counts.append(len(np.unique(nuc[crop])) - 1)
+    cov /= sites
+    band, c = 8, size // 4
+    edge = np.concatenate([cov[:band].ravel(), cov[-band:].ravel(), cov[:, :band].ravel(), cov[:, -band:].ravel()])
+    assert 0.93 <= edge.mean() / cov[c:-c, c:-c].mean() <= 1.07
+    assert np.mean(counts) == pytest.approx(n, rel=0.1)
+
+
 def test_illumination_truth_recoverable(tiny):
     sheet = pd.read_parquet(tiny / DS / "images.parquet")
     for plate, g in sheet.groupby("Metadata_Plate"):

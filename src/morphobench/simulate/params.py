@@ -17,6 +17,11 @@ Presets
 Every explicit key of the config's ``simulate`` section overrides the preset. When ``image_size`` is
 given but ``cells_per_site`` is not, the preset's cell counts scale with the image area (the pixel
 size is physical: cells keep their size in pixels).
+
+``cells_per_site`` is the range of the expected number of cells visible in a site, i.e. with ≥ 1
+nucleus pixel in the field (the objects of the truth masks, including those cut by the border),
+before the well's density and ``cell_count`` effects. A site is a crop of a larger monolayer: the
+renderer places proportionally more cells over the field plus a margin of about one cell diameter.
 """
 
 from __future__ import annotations

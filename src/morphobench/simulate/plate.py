@@ -13,13 +13,17 @@ Outputs of :func:`simulate_plate` (paths are arguments; the workflow uses these)
     ``nuclei``, ``cells``: S × H × W uint16 label images (0 = background, object i of a site has
     label i in both, ``ObjectNumber`` in the cell table); ``well`` (S, str), ``site`` (S, int16),
     rows in sheet order. Written with fixed zip timestamps (byte-deterministic); ``np.load`` reads it.
+    The objects are the cells with ≥ 1 nucleus pixel in the field; cells cut by the field border
+    are labelled with their visible part. The visible cytoplasm of a cell whose nucleus lies wholly
+    outside the field is unlabelled (0), as nucleus-seeded segmentation leaves it.
 ``results/{dataset}/truth/{plate}_illumination.npz``
     ``illumination``: C × H × W float32 multiplicative field (max 1) per channel; ``channels`` (C, str).
 ``results/{dataset}/truth/{plate}_cells.parquet``
     one row per object: ``Metadata_Plate, Metadata_Well, Metadata_Site, ObjectNumber``,
     ``Nuclei_AreaShape_Area``, ``Cells_AreaShape_Area``, ``Nuclei_Location_Center_X/Y``,
-    ``Cells_Location_Center_X/Y`` (pixels, x = column), ``Truth_Mitotic``,
-    ``Truth_NucleusRadius``, ``Truth_CellRadius`` (drawn parameters).
+    ``Cells_Location_Center_X/Y`` (pixels, x = column; areas and centres of the visible part, as
+    in the masks), ``Truth_Mitotic``, ``Truth_NucleusRadius``, ``Truth_CellRadius`` (drawn
+    parameters, of the whole cell also when it is cut by the border).
 """
 
 from __future__ import annotations

@@ -6,7 +6,12 @@ bounding boxes:
 1. **Cells.** Nuclei are placed by a clustered point process (cells grow in islands, so touching
    cells are common) with a minimum distance that keeps nuclei apart. Each cell owns the pixels where
    its normalised, anisotropic, harmonically perturbed radius is smallest (a "power diagram" of
-   ellipses), nuclei always win their own pixels. This gives the label masks (truth).
+   ellipses), nuclei always win their own pixels. This gives the label masks (truth). The field is a
+   crop of a larger monolayer: cells are placed over the field plus a margin of about one cell
+   diameter (:func:`field_margin`), so cells are cut by the field border and the cell coverage is
+   the same at the border as in the centre (in expectation); ``n_cells`` is the expected number of
+   cells with a visible nucleus (:func:`placed_count`). The truth labels the cells with ≥ 1 nucleus
+   pixel in the field, with their visible part.
 2. **Compartment signals** (unit scale, per cell parameters looked up by label):
    DNA = textured nuclei (chromatin speckles, nucleoli holes); ER = perinuclear reticulum (zero
    crossings of band-passed noise) decaying with the distance from the nucleus, nuclear envelope;
@@ -73,9 +78,32 @@ def cell_parameters(rng: np.random.Generator, axes: np.ndarray, n: int) -> dict[
     return p
 
 
-def place_cells(rng: np.random.Generator, p: dict[str, np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
+def field_margin() -> int:
+    """Width (px) of the band around the field where cells are placed too: about one cell diameter,
+    so cells whose nucleus lies outside the field still reach into it (the field is a crop of a larger
+    monolayer, and cell coverage is uniform up to the border in expectation)."""
+    return int(round(2 * CELL_RADIUS))
+
+
+def placed_count(n_visible: int, size: int, margin: int, rn: float = NUC_RADIUS) -> int:
+    """Number of cells to place over the ``size + 2·margin`` square so that ``n_visible`` of them are
+    expected to show ≥ 1 nucleus pixel in the field (the objects of the truth masks).
+
+    A randomly rotated nucleus of radius ``rn`` placed uniformly shows in a ``size``² field when its
+    centre is in the field dilated by the nucleus (Steiner: ``size² + 4·size·rn + π·rn²``)."""
+    visible = size ** 2 + 4 * size * rn + np.pi * rn ** 2
+    return max(1, int(round(n_visible * (size + 2 * margin) ** 2 / visible)))
+
+
+def place_cells(rng: np.random.Generator, p: dict[str, np.ndarray], size: int,
+                margin: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Nucleus centres by a clustered process (70 % of cells near one of ~n/7 cluster centres) with
     hard-core distances that keep nuclei apart and limit how far cell territories overlap.
+
+    Centres lie in the square ``[-margin, size + margin)²`` (field coordinates, y and x), placed
+    with periodic boundaries (clusters and distances wrap around the square): the process is then
+    stationary, with no pile-up or deficit of cells near the square's border, so with a margin of
+    about a cell diameter the cells reaching the field are as dense at its border as in its centre.
 
     Returns ``(centres, placed)``: n × 2 (y, x) and a boolean mask of the cells that found a place
     within 40 tries (the others are dropped; the truth records the cells actually drawn).
@@ -83,19 +111,20 @@ def place_cells(rng: np.random.Generator, p: dict[str, np.ndarray], size: int) -
     n = len(p["rn"])
     rmax = p["rn"] * (1 + p["en"]) * 1.08
     n_cl = max(1, int(round(n / 7)))
-    clusters = rng.uniform(0.1 * size, 0.9 * size, (n_cl, 2))
+    L = float(size + 2 * margin)
+    clusters = rng.uniform(0, L, (n_cl, 2))
     pos = np.full((n, 2), np.nan)
     placed = np.zeros(n, bool)
     tries = 40
     for i in range(n):
         near = rng.random(tries) < 0.7
         c = clusters[rng.integers(n_cl, size=tries)] + rng.standard_normal((tries, 2)) * 1.3 * p["rc"][i]
-        u = rng.uniform(2, size - 2, (tries, 2))
-        cand = np.where(near[:, None], c, u)
-        cand = np.clip(cand, 2, size - 3)
+        u = rng.uniform(0, L, (tries, 2))
+        cand = np.where(near[:, None], c, u) % L
         if placed.any():
             q = pos[placed]
-            d = np.sqrt(((cand[:, None, :] - q[None, :, :]) ** 2).sum(-1))
+            d = np.abs(cand[:, None, :] - q[None, :, :])
+            d = np.sqrt((np.minimum(d, L - d) ** 2).sum(-1))
             need = np.maximum(1.12 * (rmax[i] + rmax[placed]), 0.62 * (p["rc"][i] + p["rc"][placed]))
             ok = (d >= need[None, :]).all(1)
         else:
@@ -104,7 +133,7 @@ def place_cells(rng: np.random.Generator, p: dict[str, np.ndarray], size: int) -
         if k.size:
             pos[i] = cand[k[0]]
             placed[i] = True
-    return pos, placed
+    return pos - margin, placed
 
 
 def _shape_rho(yy, xx, cy, cx, r, ecc, theta, amps, phases):
@@ -138,14 +167,23 @@ def _box(cy, cx, ext, size):
     return (slice(y0, y1), slice(x0, x1)), yy, xx
 
 
-def draw_cells(rng: np.random.Generator, p: dict[str, np.ndarray], size: int):
-    """Label images (cells, nuclei), nucleus radial coordinate, nucleoli and Golgi images."""
-    pos, placed = place_cells(rng, p, size)
-    idx = np.flatnonzero(placed)
-    best = np.full((size, size), np.inf, np.float32)
-    lab = np.zeros((size, size), np.int32)
-    nucleoli = np.zeros((size, size), np.float32)
-    golgi = np.zeros((size, size), np.float32)
+def draw_cells(rng: np.random.Generator, p: dict[str, np.ndarray], size: int, margin: int = 0):
+    """Label images (cells, nuclei), nucleus radial coordinate, nucleoli and Golgi images on the
+    canvas: the field padded by ``margin`` on each side (field pixel ``(y, x)`` is canvas pixel
+    ``(y + margin, x + margin)``).
+
+    Cells are placed over the whole canvas (:func:`place_cells`); those whose territory cannot reach
+    the field are not drawn (they only shaped the placement). Labels 1..M are the drawn cells that
+    own ≥ 1 nucleus pixel on the canvas, in placement order; returns ``(lab, nuc, nucd, nucleoli,
+    golgi, order, centres)`` with ``order`` the parameter row and ``centres`` the nucleus centre
+    (field coordinates, possibly outside the field) of each label.
+    """
+    pos, placed = place_cells(rng, p, size, margin)
+    C = size + 2 * margin
+    best = np.full((C, C), np.inf, np.float32)
+    lab = np.zeros((C, C), np.int32)
+    nucleoli = np.zeros((C, C), np.float32)
+    golgi = np.zeros((C, C), np.float32)
     n = len(p["rn"])
     namps = rng.uniform(0, 0.05, (n, 3)) / np.arange(2, 5) ** 0.5
     camps = rng.uniform(0.2, 1.0, (n, 5)) * p["irr"][:, None] / np.arange(2, 7) ** 0.7
@@ -155,16 +193,20 @@ def draw_cells(rng: np.random.Generator, p: dict[str, np.ndarray], size: int):
     off_len = rng.uniform(0.0, 0.3, n) * p["rc"] * ~p["mitotic"]
     n_nucleoli = rng.integers(1, 5, n)
     golgi_ang = off_ang + np.pi + rng.normal(0, 0.5, n)  # Golgi on the side away from the cell centre
+    ext_all = p["rc"] * np.sqrt(1 + p["ec"]) * (1 + camps.sum(1)) + 2
+    cyx = pos + off_len[:, None] * np.stack([np.sin(off_ang), np.cos(off_ang)], 1)  # cell centres
+    reach = placed & (np.abs(cyx - (size - 1) / 2) <= (size - 1) / 2 + ext_all[:, None]).all(1)
+    idx = np.flatnonzero(reach)
     for new, i in enumerate(idx, start=1):
-        ny, nx = pos[i]
-        cy, cx = ny + off_len[i] * np.sin(off_ang[i]), nx + off_len[i] * np.cos(off_ang[i])
-        ext = p["rc"][i] * np.sqrt(1 + p["ec"][i]) * (1 + camps[i].sum()) + 2
-        box, yy, xx = _box(cy, cx, ext, size)
+        ny, nx = pos[i] + margin  # canvas coordinates
+        cy, cx = cyx[i] + margin
+        ext = ext_all[i]
+        box, yy, xx = _box(cy, cx, ext, C)
         claim = _shape_rho(yy, xx, cy, cx, p["rc"][i], p["ec"][i], p["theta"][i], camps[i], cph[i])
         claim[claim >= 1] = np.inf
         # the nucleus (its own, smaller box) always claims its pixels: value rho_n - 3 < 0
         next_ = p["rn"][i] * np.sqrt(1 + p["en"][i]) * 1.1 + 2
-        nbox, nyy, nxx = _box(ny, nx, next_, size)
+        nbox, nyy, nxx = _box(ny, nx, next_, C)
         rhon = _shape_rho(nyy, nxx, ny, nx, p["rn"][i], p["en"][i],
                           p["theta"][i] + 0.3 * np.sin(off_ang[i]), namps[i], nph[i])
         sub_ = claim[nbox[0].start - box[0].start:nbox[0].stop - box[0].start,
@@ -186,17 +228,17 @@ def draw_cells(rng: np.random.Generator, p: dict[str, np.ndarray], size: int):
         # Golgi: a blob just outside the nucleus
         gr = p["rn"][i] * 1.25
         gy, gx = ny + gr * np.sin(golgi_ang[i]), nx + gr * np.cos(golgi_ang[i])
-        gbox, gyy, gxx = _box(gy, gx, 9, size)
+        gbox, gyy, gxx = _box(gy, gx, 9, C)
         golgi[gbox] += np.exp(-((gyy - np.float32(gy)) ** 2 + (gxx - np.float32(gx)) ** 2) / np.float32(2 * 2.8 ** 2))
     nuc = np.where(best < -1.0, lab, 0)
     nucd = np.where(best < -1.0, best + 3.0, 1.0).astype(np.float32)
-    # keep cells that own ≥ 1 nucleus pixel; relabel 1..N in placement order
+    # keep cells that own ≥ 1 nucleus pixel; relabel 1..M in placement order
     counts = np.bincount(nuc.ravel(), minlength=len(idx) + 1)
     keep = counts[1:] > 0
     lut = np.zeros(len(idx) + 1, np.int32)
     lut[1:][keep] = np.arange(1, keep.sum() + 1)
     lab, nuc = lut[lab], lut[nuc]
-    order = idx[keep]  # parameter row of each label 1..N
+    order = idx[keep]  # parameter row of each label 1..M
     return lab, nuc, nucd, nucleoli, golgi, order, pos[order]
 
 
@@ -240,11 +282,35 @@ class NoiseBank:
 
 def render_site(rng: np.random.Generator, axes: np.ndarray, n_cells: int, size: int,
                 channels: tuple[str, ...], bank: NoiseBank):
-    """Signals (C × H × W float32, unit scale, before PSF/camera), cell and nucleus labels, and the
-    per-cell parameter rows of labels 1..N."""
-    p = cell_parameters(rng, axes, n_cells)
-    lab, nuc, nucd, nucleoli, golgi, order, centres = draw_cells(rng, p, size)
+    """Signals (C × H × W float32, unit scale, before PSF/camera), cell and nucleus labels, the
+    per-cell parameter rows and nucleus centres of labels 1..N, and the parameters of all cells.
+
+    The field is a crop of a larger monolayer: cells are placed over the field plus a margin of
+    :func:`field_margin` px on each side (:func:`placed_count` cells, so that ``n_cells`` show in the
+    field in expectation) and drawn on that canvas, where the distances to nuclei and cell edges are
+    measured, so cells cut by the field border keep their own geometry. The labels (truth) are the
+    cells with ≥ 1 nucleus pixel in the field, with their visible part (nucleus and cell cut by the
+    border); a cell whose nucleus lies wholly outside still paints its visible cytoplasm but has no
+    label (as nucleus-seeded segmentation would leave it).
+    """
+    margin = field_margin()
+    rn0 = NUC_RADIUS * float(np.exp(0.13 * axes[AXIS_INDEX["nucleus_size"]]))
+    p = cell_parameters(rng, axes, placed_count(n_cells, size, margin, rn0))
+    lab, nuc, nucd, nucleoli, golgi, order, centres = draw_cells(rng, p, size, margin)
     N = len(order)
+    # geometry measured on the canvas, then everything is cropped to the field
+    nucm = nuc > 0
+    dn = ndi.distance_transform_edt(~nucm).astype(np.float32) if N else np.full(lab.shape, 1e3, np.float32)
+    boundary = np.zeros_like(nucm)
+    boundary[:-1] |= lab[:-1] != lab[1:]
+    boundary[1:] |= lab[:-1] != lab[1:]
+    boundary[:, :-1] |= lab[:, :-1] != lab[:, 1:]
+    boundary[:, 1:] |= lab[:, :-1] != lab[:, 1:]
+    de = ndi.distance_transform_edt(~boundary).astype(np.float32)
+    if "Brightfield" in channels:
+        blur = ndi.laplace(ndi.gaussian_filter((lab > 0).astype(np.float32) + 0.5 * nucm, 2.0))
+    crop = (slice(margin, margin + size), slice(margin, margin + size))
+    lab, nuc, nucd, nucleoli, golgi, dn, de = (a[crop] for a in (lab, nuc, nucd, nucleoli, golgi, dn, de))
 
     def per(name, bg=0.0):
         v = np.empty(N + 1, np.float32)
@@ -255,13 +321,6 @@ def render_site(rng: np.random.Generator, axes: np.ndarray, n_cells: int, size: 
     nucm = nuc > 0
     cellm = lab > 0
     cyto = cellm & ~nucm
-    dn = ndi.distance_transform_edt(~nucm).astype(np.float32) if N else np.full(lab.shape, 1e3, np.float32)
-    boundary = np.zeros_like(cellm)
-    boundary[:-1] |= lab[:-1] != lab[1:]
-    boundary[1:] |= lab[:-1] != lab[1:]
-    boundary[:, :-1] |= lab[:, :-1] != lab[:, 1:]
-    boundary[:, 1:] |= lab[:, :-1] != lab[:, 1:]
-    de = ndi.distance_transform_edt(~boundary).astype(np.float32)
     nucleoli = nucleoli * nucm
     nl = np.clip(nucleoli, 0, 1.2)
 
@@ -304,10 +363,13 @@ def render_site(rng: np.random.Generator, axes: np.ndarray, n_cells: int, size: 
     out["Mito"] = per("I_Mito")[lab] * mito
     if "Brightfield" in channels:
         bf = bank.field(rng, bank.k["bf"])
-        blur = ndi.gaussian_filter(cellm.astype(np.float32) + 0.5 * nucm, 2.0)
-        out["Brightfield"] = 1.0 + 0.15 * ndi.laplace(blur) * 4 + 0.03 * bf * cellm
+        out["Brightfield"] = 1.0 + 0.15 * blur[crop] * 4 + 0.03 * bf * cellm
     sig = np.stack([out[c] for c in channels]).astype(np.float32)
-    return sig, lab, nuc, order, centres, p
+    # truth: the cells with a visible nucleus, relabelled 1..n in placement order
+    vis = np.bincount(nuc.ravel(), minlength=N + 1)[1:] > 0
+    lut = np.zeros(N + 1, np.int32)
+    lut[1:][vis] = np.arange(1, vis.sum() + 1)
+    return sig, lut[lab], lut[nuc], order[vis], centres[vis], p
 
 
 def illumination_fields(rng_batch: np.random.Generator, rng_plate: np.random.Generator, size: int,
