@@ -33,10 +33,18 @@ def write_config(path: Path, cfg: dict) -> Path:
 
 
 def tiny_config(resources_dir: Path) -> dict:
+    """The tiny preset (2 plates, 128² px, 1 site) with stage settings sized to it: small crops and
+    tiles (a 256² tile does not fit a 128² field), cheap CellProfiler feature groups."""
     return {
         "seed": 0,
         "resources": {"dir": str(resources_dir), "offline": True},
         "datasets": {"simulated": {"loader": "simulated", "simulate": {"preset": "tiny", "seed": 3}}},
+        "images": {
+            "crops": {"kinds": ["cell128", "tile256"], "cell128": {"size": 32}, "tile256": {"size": 64}},
+            "features": {"preset": "minimal", "groups": ["AreaShape", "Intensity", "Neighbors"],
+                         "max_objects_per_well": 5},
+        },
+        "evaluate": {"retrieval": {"null_size": 2000}},
     }
 
 
@@ -89,6 +97,34 @@ def test_tiny_config_runs_end_to_end(tmp_path, resources_dir):
     keys = set(zip(wells.Metadata_Plate, wells.Metadata_Well, strict=True))
     assert set(zip(sheet.Metadata_Plate, sheet.Metadata_Well, strict=True)) <= keys
     assert (tmp_path / "results" / "figures" / "example_sites_simulated.png").stat().st_size > 10_000
+    # every results table, with its key columns, one row per configured combination
+    res = tmp_path / "results"
+    methods, corrections = ["random", "pixel_stats", "cellprofiler"], ["none", "standardize_plate", "tvn"]
+    known = pd.read_csv(res / "known_relationships.tsv", sep="\t")
+    assert list(known.columns[:8]) == ["dataset", "method", "correction", "source", "n_genes", "n_pairs",
+                                       "recall_5_95", "recall_10_90"]
+    assert len(known) == len(methods) * len(corrections) * 5
+    retr = pd.read_csv(res / "jump_retrieval.tsv", sep="\t")
+    for col in ("dataset", "method", "correction", "task", "n_groups", "mAP", "fraction_retrieved",
+                "null_size", "seed"):
+        assert col in retr.columns
+    assert len(retr) == len(methods) * len(corrections) * 3 and (retr["null_size"] == 2000).all()
+    detail = pd.read_parquet(res / "retrieval" / "simulated" / "cellprofiler" / "tvn" / "perturbation.parquet")
+    assert detail["mean_average_precision"].between(0, 1).all()
+    cpr = pd.read_csv(res / "cp_regression.tsv", sep="\t")
+    assert set(cpr["method"]) == {"random", "pixel_stats"} and cpr["r2"].notna().any()
+    summ = pd.read_csv(res / "cp_regression_summary.tsv", sep="\t")
+    assert {"AreaShape", "Intensity"} <= set(summ["category"])
+    bc = pd.read_csv(res / "batch_correction.tsv", sep="\t")
+    assert set(bc["method"]) == {"cellprofiler"} and bc["correction"].nunique() == 10
+    for t in ("known_relationships", "jump_retrieval", "cp_regression", "batch_correction"):
+        assert (res / f"{t}.tsv.provenance.json").exists()
+    for fig in ("recall_curves", "recall_by_method", "retrieval", "cp_regression_r2", "batch_correction"):
+        assert (res / "figures" / f"{fig}.png").stat().st_size > 5_000
+    crops = pd.read_parquet(res / "simulated" / "crops" / "cell128" / "index.parquet")
+    assert len(crops) > 0 and crops["Metadata_Plate"].nunique() == 2
+    cp = pd.read_parquet(res / "simulated" / "profiles" / "cellprofiler" / "well.parquet")
+    assert "Nuclei_AreaShape_Area" in cp.columns and cp["Metadata_PertType"].notna().all()
     # every rule wrote a log; no temporary files left behind
     assert any((tmp_path / "logs").rglob("*.log"))
     assert not [p for p in tmp_path.rglob("*.tmp")]
