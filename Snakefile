@@ -7,7 +7,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# config/config.yaml is the default; `--configfile X.yaml` replaces it (instead of being merged
+# into it), so `snakemake --configfile config/rxrx3.yaml` runs only that screen. Keys a file
+# leaves out get the schema's defaults.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"

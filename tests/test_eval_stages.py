@@ -155,9 +155,12 @@ def test_known_relationships_stage_and_tables(tmp_path):
     # gather + batch-correction layout
     k2 = k.assign(correction="tvn")
     k2.to_csv(tmp_path / "k2.tsv", sep="\t", index=False)
-    tab = gather([tmp_path / "k2.tsv", outs[0]], tmp_path / "all.tsv", config={"x": 1})
+    tab = gather([tmp_path / "k2.tsv", outs[0]], tmp_path / "all.tsv", config_digest="abc123")
     assert list(tab.correction) == ["none", "none", "tvn", "tvn"]
-    assert (tmp_path / "all.tsv.provenance.json").exists()
+    import json
+
+    prov = json.loads((tmp_path / "all.tsv.provenance.json").read_text())
+    assert prov["config_hash"] == "abc123" and prov["table"] == "all.tsv"
     batch_correction_table(tmp_path / "all.tsv", "m", tmp_path / "bc.tsv")
     assert len(pd.read_csv(tmp_path / "bc.tsv", sep="\t")) == 4
     with pytest.raises(MorphobenchError, match="not in"):

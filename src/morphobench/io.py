@@ -128,10 +128,12 @@ def package_versions(names: tuple[str, ...] = ("numpy", "pandas", "scipy", "scik
     return out
 
 
-def write_provenance(table_path: str | os.PathLike, config: Any) -> Path:
+def write_provenance(table_path: str | os.PathLike, config: Any = None, *, config_digest: str | None = None) -> Path:
     """Write ``<table>.provenance.json`` beside a results table: config hash, versions, commit.
 
-    Contains no timestamps, so the same config gives byte-identical sidecars.
+    ``config_digest`` (from :func:`config_hash`, e.g. computed by the Snakefile) is used as is;
+    otherwise the hash of ``config``. Contains no timestamps, so the same config gives
+    byte-identical sidecars.
     """
     import morphobench
 
@@ -139,7 +141,7 @@ def write_provenance(table_path: str | os.PathLike, config: Any) -> Path:
     side = table_path.with_name(table_path.name + ".provenance.json")
     info = {
         "table": table_path.name,
-        "config_hash": config_hash(config),
+        "config_hash": config_digest or config_hash(config),
         "morphobench": morphobench.__version__,
         "git_commit": _git_commit(),
         "python": sys.version.split()[0],

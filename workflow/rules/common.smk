@@ -16,7 +16,10 @@ from morphobench.workflow_helpers import (  # noqa: E402
 
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
+from morphobench.io import config_hash as _config_hash  # noqa: E402
+
 RES = config["resources"]["dir"]
+CONFIG_HASH = _config_hash(config)  # recorded in every results table's provenance sidecar
 DATASETS = list(config["datasets"])
 LOGS = "logs"
 BENCH = "benchmarks/out"

@@ -154,13 +154,13 @@ rule gather_table:
     wildcard_constraints:
         table="|".join(GATHER),
     params:
-        cfg=as_json(config),
+        cfg=CONFIG_HASH,
     log:
         "logs/gather/{table}.log",
     conda:
         "../../envs/morphobench.yaml"
     shell:
-        "python -m morphobench.evaluate gather --parts {input} --out {output} --config {params.cfg} 2> {log}"
+        "python -m morphobench.evaluate gather --parts {input} --out {output} --config-hash {params.cfg} 2> {log}"
 
 
 rule cp_regression_summary:
@@ -169,13 +169,13 @@ rule cp_regression_summary:
     output:
         "results/cp_regression_summary.tsv",
     params:
-        cfg=as_json(config),
+        cfg=CONFIG_HASH,
     log:
         "logs/gather/cp_regression_summary.log",
     conda:
         "../../envs/morphobench.yaml"
     shell:
-        "python -m morphobench.evaluate cp-summary --table {input} --out {output} --config {params.cfg} 2> {log}"
+        "python -m morphobench.evaluate cp-summary --table {input} --out {output} --config-hash {params.cfg} 2> {log}"
 
 
 rule batch_correction_table:
@@ -186,11 +186,11 @@ rule batch_correction_table:
         "results/batch_correction.tsv",
     params:
         method=BC["method"],
-        cfg=as_json(config),
+        cfg=CONFIG_HASH,
     log:
         "logs/gather/batch_correction.log",
     conda:
         "../../envs/morphobench.yaml"
     shell:
         "python -m morphobench.evaluate batch-correction --known {input} --method {params.method} "
-        "--out {output} --config {params.cfg} 2> {log}"
+        "--out {output} --config-hash {params.cfg} 2> {log}"

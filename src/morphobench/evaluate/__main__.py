@@ -6,9 +6,9 @@
         --out OUT --detail-dir D [--null-size 10000 --seed 0 --threshold 0.05]
     python -m morphobench.evaluate cp-split --cp-well W --out OUT [--heldout-fraction 0.25 --seed 0]
     python -m morphobench.evaluate cp-regression --emb-well E --cp-well C --split S --key JSON --out OUT
-    python -m morphobench.evaluate gather --parts A B … --out OUT [--config JSON]
-    python -m morphobench.evaluate cp-summary --table T --out OUT [--config JSON]
-    python -m morphobench.evaluate batch-correction --known K --method M --out OUT [--config JSON]
+    python -m morphobench.evaluate gather --parts A B … --out OUT [--config-hash H]
+    python -m morphobench.evaluate cp-summary --table T --out OUT [--config-hash H]
+    python -m morphobench.evaluate batch-correction --known K --method M --out OUT [--config-hash H]
 """
 
 from __future__ import annotations
@@ -58,16 +58,16 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gather")
     g.add_argument("--parts", nargs="+", required=True)
     g.add_argument("--out", required=True)
-    g.add_argument("--config", default="{}")
+    g.add_argument("--config-hash", help="hash of the run's config (provenance sidecar)")
     m = sub.add_parser("cp-summary")
     m.add_argument("--table", required=True)
     m.add_argument("--out", required=True)
-    m.add_argument("--config", default="{}")
+    m.add_argument("--config-hash")
     b = sub.add_parser("batch-correction")
     b.add_argument("--known", required=True)
     b.add_argument("--method", required=True)
     b.add_argument("--out", required=True)
-    b.add_argument("--config", default="{}")
+    b.add_argument("--config-hash")
     for p in (k, r, s, c, g, m, b):
         p.add_argument("--log")
     return ap
@@ -108,11 +108,11 @@ def _dispatch(args, stages) -> None:
     elif args.cmd == "cp-regression":
         stages.cp_regression_stage(args.emb_well, args.cp_well, args.split, json.loads(args.key), args.out)
     elif args.cmd == "gather":
-        stages.gather(args.parts, args.out, json.loads(args.config))
+        stages.gather(args.parts, args.out, args.config_hash)
     elif args.cmd == "cp-summary":
-        stages.cp_regression_summary(args.table, args.out, json.loads(args.config))
+        stages.cp_regression_summary(args.table, args.out, args.config_hash)
     else:
-        stages.batch_correction_table(args.known, args.method, args.out, json.loads(args.config))
+        stages.batch_correction_table(args.known, args.method, args.out, args.config_hash)
 
 
 if __name__ == "__main__":

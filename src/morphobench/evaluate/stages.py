@@ -197,7 +197,7 @@ def cp_regression_stage(emb_well_path: str | os.PathLike, cp_well_path: str | os
 # ------------------------------------------------------------------------------------------
 # gathering
 # ------------------------------------------------------------------------------------------
-def gather(parts: Sequence[str | os.PathLike], out: str | os.PathLike, config: object = None,
+def gather(parts: Sequence[str | os.PathLike], out: str | os.PathLike, config_digest: str | None = None,
            sort_by: Sequence[str] | None = None) -> pd.DataFrame:
     """Concatenate partial TSV tables (sorted by the key columns) + provenance sidecar."""
     frames = [read_table(p, what="partial results table") for p in parts]
@@ -208,20 +208,21 @@ def gather(parts: Sequence[str | os.PathLike], out: str | os.PathLike, config: o
     by = [c for c in (sort_by or KEY_COLS) if c in tab.columns]
     tab = tab.sort_values(by, kind="stable").reset_index(drop=True)
     write_tsv(tab, out)
-    write_provenance(out, config)
+    write_provenance(out, config_digest=config_digest)
     return tab
 
 
-def cp_regression_summary(per_feature_path: str | os.PathLike, out: str | os.PathLike, config: object = None) -> None:
+def cp_regression_summary(per_feature_path: str | os.PathLike, out: str | os.PathLike,
+                          config_digest: str | None = None) -> None:
     from morphobench.evaluate.cp_regression import summarize
 
     tab = read_table(per_feature_path, what="CellProfiler regression table")
     write_tsv(summarize(tab, by=list(KEY_COLS)), out)
-    write_provenance(out, config)
+    write_provenance(out, config_digest=config_digest)
 
 
 def batch_correction_table(known_path: str | os.PathLike, method: str, out: str | os.PathLike,
-                           config: object = None) -> None:
+                           config_digest: str | None = None) -> None:
     """MAE-CVPR Table 2 layout: recall per source for every correction of ``method``."""
     tab = read_table(known_path, what="known relationships table")
     sub = tab[tab["method"] == method]
@@ -230,4 +231,4 @@ def batch_correction_table(known_path: str | os.PathLike, method: str, out: str 
                                f"(methods: {sorted(tab['method'].unique())})")
     cols = ["dataset", "method", "correction", "source", "n_genes", "n_pairs", "recall_5_95", "recall_10_90"]
     write_tsv(sub[cols].sort_values(["dataset", "source", "correction"], kind="stable"), out)
-    write_provenance(out, config)
+    write_provenance(out, config_digest=config_digest)
