@@ -1,5 +1,6 @@
 # Shared helpers: config validation (with defaults), dataset/plate lists, target lists.
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -15,6 +16,11 @@ from morphobench.workflow_helpers import (  # noqa: E402
 )
 
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
+
+# Rules run `python -m morphobench.<stage>`: make `python` the interpreter that runs Snakemake
+# (e.g. .venv/bin/python, also when the venv is not activated). Under --use-conda each job's
+# activated environment still comes first on PATH.
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 from morphobench.io import config_hash as _config_hash  # noqa: E402
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -146,15 +146,16 @@ def read_site(row: Mapping[str, Any] | pd.Series, channels: Sequence[str] | None
                                + ", ".join(f"{paths[i]} {planes[i].shape}" for i in range(len(paths))))
     out = np.stack(planes).astype(np.float32, copy=False)
     if illum is not None:
-        apply_illum(out, channels, illum, where=f"site {site_label(row)}", files=paths)
+        apply_illum(out, channels, illum, where=lambda: f"site {site_label(row)}", files=paths)
     return out
 
 
 def apply_illum(img: np.ndarray, channels: Sequence[str],
-                illum: IllumFunctions | Mapping[str, np.ndarray], where: str = "image",
+                illum: IllumFunctions | Mapping[str, np.ndarray], where: str | Callable[[], str] = "image",
                 files: Sequence[str | os.PathLike] | None = None) -> np.ndarray:
     """Divide each plane of ``img`` (C, H, W; float, in place) by its channel's illumination
-    function; errors name the channel and (with ``files``) the image file."""
+    function; errors name the channel and (with ``files``) the image file. ``where`` (or a
+    callable giving it, evaluated only for an error message) says which site."""
     for i, ch in enumerate(channels):
         f = illum[ch] if ch in illum else None
         if f is None:
@@ -162,7 +163,8 @@ def apply_illum(img: np.ndarray, channels: Sequence[str],
                                    f"(have {list(illum.keys())})")
         if f.shape != img.shape[1:]:
             what = f"image {files[i]}" if files is not None else f"channel {ch}"
-            raise MorphobenchError(f"{where}: {what} has shape {img.shape[1:]} but the "
+            place = where() if callable(where) else where
+            raise MorphobenchError(f"{place}: {what} has shape {img.shape[1:]} but the "
                                    f"illumination function for {ch} has shape {f.shape}")
         img[i] /= f
     return img

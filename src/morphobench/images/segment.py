@@ -363,7 +363,7 @@ def run_segment(rows: pd.DataFrame, labels_out: str | os.PathLike, objects_out: 
             img = read_site(row, use, root=root)
             blank = blank_channels(img, use)          # on the raw planes
             if illum is not None:
-                apply_illum(img, use, illum, where=f"site {site_label(row)}",
+                apply_illum(img, use, illum, where=lambda: f"site {site_label(row)}",
                             files=site_paths(row, use, root))
             nuc, cel, qc = segment_site(img, use, params, blank=blank)
             if arr is None:
