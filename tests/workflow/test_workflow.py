@@ -93,7 +93,8 @@ def test_tiny_config_runs_end_to_end(tmp_path, resources_dir):
     validate_plate_map(wells, "wells.parquet")
     # every site's files exist and every site's well is in the plate map
     first = sheet.iloc[0]
-    assert (Path(first["PathName_OrigDNA"]) / first["FileName_OrigDNA"]).exists()
+    # PathName is relative to the Snakemake working directory (here tmp_path), or absolute
+    assert (tmp_path / first["PathName_OrigDNA"] / first["FileName_OrigDNA"]).exists()
     keys = set(zip(wells.Metadata_Plate, wells.Metadata_Well, strict=True))
     assert set(zip(sheet.Metadata_Plate, sheet.Metadata_Well, strict=True)) <= keys
     assert (tmp_path / "results" / "figures" / "example_sites_simulated.png").stat().st_size > 10_000
