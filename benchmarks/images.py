@@ -3,8 +3,12 @@
 Synthetic 16-bit TIFF plates (``morphobench.images.synthetic``; 5 channels; ~30 cells per 256²
 field, the same cell density at 1080²), read from disk as in the workflow, one process, one core.
 
-    python benchmarks/images.py                 # 256² (8 sites) and 1080² (2 sites)
-    python benchmarks/images.py --sizes 256 --sites 16 --features fast full
+    python benchmarks/images.py                 # 256² (8 sites) and 1080² (2 sites), both backends
+    python benchmarks/images.py --sizes 256 --sites 16 --features fast full --backends inprocess
+
+The ``cellprofiler`` backend (CellProfiler's own library in .venv-cellprofiler, see
+workflow/scripts/setup_cellprofiler_env.sh) is timed on the same plates when that environment
+exists; its times include starting the worker process once per stage and plate, as in the workflow.
 
 Prints one row per image size with the seconds per site of every stage (illumination = averaging
 + function, amortised over the plate; crops = cell128 + tile256; features per preset).
@@ -22,7 +26,8 @@ from pathlib import Path
 os.environ.setdefault("MORPHOBENCH_NO_PROGRESS", "1")
 
 
-def bench(size: int, n_sites: int, presets: list[str], workdir: Path) -> dict[str, float]:
+def bench(size: int, n_sites: int, presets: list[str], workdir: Path,
+          cp_python: str | None = None) -> dict[str, float]:
     from morphobench.images.crops import preset_params, run_crops
     from morphobench.images.features import feature_params, run_features
     from morphobench.images.illum import run_illum
@@ -54,6 +59,15 @@ def bench(size: int, n_sites: int, presets: list[str], workdir: Path) -> dict[st
         timed(f"features_{p}", lambda p=p: run_features(sheet, out / "labels.zarr", out / f"cp_{p}.parquet",
                                                         None, feature_params(p), illum=illum))
     row["objects/site"] = len(objects) / n_sites
+    if cp_python is not None:
+        from morphobench.images.cp_backend import run_features_cp, run_illum_cp, run_segment_cp
+
+        cp = out / "cp_backend"
+        timed("cp_illum", lambda: run_illum_cp(sheet, cp / "illum.npz", python=cp_python))
+        timed("cp_segment", lambda: run_segment_cp(sheet, cp / "labels.zarr", cp / "objects.parquet",
+                                                   illum=cp / "illum.npz", python=cp_python))
+        timed("cp_features", lambda: run_features_cp(sheet, cp / "labels.zarr", cp / "features.parquet",
+                                                     illum=cp / "illum.npz", python=cp_python))
     return row
 
 
@@ -63,20 +77,32 @@ def main(argv=None) -> int:
     ap.add_argument("--sites", type=int, nargs="+", default=None,
                     help="sites per size (default: 8 for ≤512 px, else 2)")
     ap.add_argument("--features", nargs="+", default=["fast"], help="feature presets to time")
+    ap.add_argument("--backends", nargs="+", default=["inprocess", "cellprofiler"],
+                    choices=["inprocess", "cellprofiler"])
     args = ap.parse_args(argv)
+    cp_python = None
+    if "cellprofiler" in args.backends:
+        from morphobench.images.cp_backend import available, resolve_python
+
+        ok, why = available()
+        if ok:
+            cp_python = str(resolve_python())
+        else:
+            print(f"cellprofiler backend not timed: {why}", file=sys.stderr)
     sites = args.sites or [8 if s <= 512 else 2 for s in args.sizes]
     if len(sites) == 1:
         sites = sites * len(args.sizes)
     rows = []
     with tempfile.TemporaryDirectory(prefix="mb_bench_images_") as d:
         for size, n in zip(args.sizes, sites, strict=True):
-            rows.append(bench(size, n, args.features, Path(d)))
+            rows.append(bench(size, n, args.features, Path(d), cp_python))
             print(f"done {size}² ({n} sites)", file=sys.stderr)
     cols = list(rows[0])
-    print("seconds per site (synthetic 5-channel 16-bit TIFF plates, 1 core)")
-    print("  ".join(f"{c:>15}" for c in cols))
+    print("seconds per site (synthetic 5-channel 16-bit TIFF plates, 1 core); cp_* = cellprofiler backend")
     for r in rows:
-        print("  ".join(f"{r[c]:>15.3f}" if isinstance(r[c], float) else f"{r[c]:>15}" for c in cols))
+        print(f"\n{r['size']}² × 5 channels, {r['sites']} sites, {r['cells/site']} cells/site")
+        for c in cols[3:]:
+            print(f"  {c:<16} {r[c]:>9.3f}")
     return 0
 
 
