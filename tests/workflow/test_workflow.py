@@ -133,3 +133,33 @@ def test_tiny_config_runs_end_to_end(tmp_path, resources_dir):
     again = snakemake(tmp_path, "--cores", "1", "-n", configfile=cfg)
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_cellprofiler_backend_and_materialized_illumination(tmp_path, resources_dir):
+    """images.backend: cellprofiler runs illumination, segmentation and measurement with
+    CellProfiler's library (its own environment); materialize_illum writes corrected copies."""
+    from morphobench.images.cp_backend import available
+
+    ok, why = available(REPO / ".venv-cellprofiler" / "bin" / "python")
+    if not ok:
+        if os.environ.get("MORPHOBENCH_REQUIRE_CP") == "1":
+            pytest.fail(f"CellProfiler environment required but unusable: {why}")
+        pytest.skip(f"no CellProfiler environment (bash workflow/scripts/setup_cellprofiler_env.sh): {why}")
+    cfg = tiny_config(resources_dir)
+    cfg["images"].update({"backend": "cellprofiler", "materialize_illum": True,
+                          "cellprofiler_python": str(REPO / ".venv-cellprofiler" / "bin" / "python")})
+    path = write_config(tmp_path / "cp.yaml", cfg)
+    targets = ["results/simulated/profiles/cellprofiler/well.parquet",
+               "results/simulated/corrected/SIMB1P1.parquet"]
+    res = snakemake(tmp_path, "--cores", "2", *targets, configfile=path)
+    assert res.returncode == 0, res.stderr[-5000:]
+    log = (tmp_path / "logs" / "simulated" / "segment" / "SIMB1P1.log").read_text()
+    assert "cellprofiler" in log.lower() or "worker" in log.lower(), log[-2000:]
+    prof = pd.read_parquet(tmp_path / targets[0])
+    assert len(prof) > 0 and "Nuclei_AreaShape_Area" in prof.columns
+    objects = pd.read_parquet(tmp_path / "results/simulated/objects/SIMB1P1.parquet")
+    assert len(objects) > 0
+    corrected = pd.read_parquet(tmp_path / targets[1])
+    first = corrected.iloc[0]
+    assert Path(first["PathName_OrigDNA"], first["FileName_OrigDNA"]).exists() or \
+        (tmp_path / first["PathName_OrigDNA"] / first["FileName_OrigDNA"]).exists()

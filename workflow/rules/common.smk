@@ -81,6 +81,8 @@ def all_targets():
         if dataset_cfg(ds)["loader"] == "simulated" and config["figures"]["example_sites"]:
             targets.append(f"results/figures/example_sites_{ds}.png")
         targets += [f"results/{ds}/illum/{p}.png" for p in plates_if_known(ds)]
+        if config["images"]["materialize_illum"]:
+            targets += [f"results/{ds}/corrected/{p}.parquet" for p in plates_if_known(ds)]
         targets += [f"results/{ds}/crops/{k}/index.parquet" for k in config["images"]["crops"]["kinds"]]
     targets += [f"results/{t}.tsv" for t in RESULT_TABLES]
     targets += [f"results/figures/{f}.png" for f in FIGURE_NAMES]

@@ -119,6 +119,19 @@ rule crop_index:
         "python -m morphobench.images gather-crops --out {output} {input} 2> {log}"
 
 
+def cp_features_cmd():
+    """In-process cp-measure features (objects + well medians in one call), or CellProfiler's
+    measurement modules (objects) followed by the same well aggregation."""
+    common = "--sheet {input.sheet} --plate {wildcards.plate} --illum {input.illum} --labels {input.labels}"
+    if IMG["backend"] == "cellprofiler":
+        return (f"python -m morphobench.images.cp_backend features {cp_python_flag()} {common} "
+                "--out {output.objects} 2> {log} && "
+                "python -m morphobench.images wells --objects {output.objects} --plate-map {input.wells} "
+                "--out {output.wells} 2>> {log}")
+    return (f"python -m morphobench.images features {common} --params {{params.cfg}} "
+            "--plate-map {input.wells} --out {output.objects} --wells-out {output.wells} 2> {log}")
+
+
 rule cp_features:
     """CellProfiler measurements of one plate (object level) and their per-well medians."""
     input:
@@ -142,9 +155,31 @@ rule cp_features:
         mem_mb=6000,
         runtime=120,
     shell:
-        "python -m morphobench.images features --sheet {input.sheet} --plate {wildcards.plate} "
-        "--illum {input.illum} --labels {input.labels} --params {params.cfg} --plate-map {input.wells} "
-        "--out {output.objects} --wells-out {output.wells} 2> {log}"
+        cp_features_cmd()
+
+
+rule illum_apply:
+    """Optional (images.materialize_illum): illumination-corrected 16-bit copies of one plate's
+    images + their image sheet. Downstream stages do not need them (they correct on the fly)."""
+    input:
+        sheet=f"{DS}/images.parquet",
+        illum=f"{DS}/illum/{{plate}}.npz",
+    output:
+        images=directory(f"{DS}/corrected/{{plate}}"),
+        sheet=f"{DS}/corrected/{{plate}}.parquet",
+    log:
+        "logs/{dataset}/illum_apply/{plate}.log",
+    benchmark:
+        "benchmarks/out/{dataset}/illum_apply/{plate}.tsv"
+    conda:
+        "../../envs/morphobench.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "python -m morphobench.images apply-illum --sheet {input.sheet} --plate {wildcards.plate} "
+        "--illum {input.illum} --out-dir {output.images} --out-sheet {output.sheet} 2> {log}"
 
 
 rule cellprofiler_profiles:

@@ -74,6 +74,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--wells-out", default=None, help="well-level parquet")
     p.add_argument("--plate-map", default=None, help="plate map parquet (merged into well profiles)")
 
+    p = sub.add_parser("apply-illum", help="write illumination-corrected copies of one plate's images")
+    common(p)
+    p.add_argument("--illum", required=True)
+    p.add_argument("--out-dir", required=True, help="folder of corrected 16-bit TIFFs")
+    p.add_argument("--out-sheet", required=True, help="image sheet of the corrected copies")
+
+    p = sub.add_parser("wells", help="object-level features of one plate → well-level profiles")
+    common(p, plate=False)
+    p.add_argument("--objects", required=True, help="object-level parquet")
+    p.add_argument("--plate-map", default=None)
+    p.add_argument("--how", default="median", choices=["median", "mean"])
+    p.add_argument("--out", required=True)
+
     p = sub.add_parser("gather-crops", help="dataset-level crop index")
     common(p, plate=False)
     p.add_argument("--out", required=True)
@@ -154,6 +167,20 @@ def run(args: argparse.Namespace) -> None:
                                       illum=load_illum(args.illum), plate_map=read_plate_map(args.plate_map),
                                       root=args.root)
         log.info("features: plate %s: %d objects × %d columns", args.plate, len(objects), objects.shape[1])
+    elif args.stage == "apply-illum":
+        from morphobench.images.illum import materialize_plate
+
+        rows = load_sheet(args.sheet, args.plate)
+        sheet = materialize_plate(rows, load_illum(args.illum), args.out_dir, args.out_sheet, root=args.root)
+        log.info("apply-illum: plate %s: %d sites written to %s", args.plate, len(sheet), args.out_dir)
+    elif args.stage == "wells":
+        from morphobench.images.features import aggregate_wells, read_plate_map
+        from morphobench.io import read_table, write_parquet
+
+        objects = read_table(args.objects, what="object-level features")
+        wells = aggregate_wells(objects, args.how, plate_map=read_plate_map(args.plate_map))
+        write_parquet(wells, args.out)
+        log.info("wells: %d wells from %d objects", len(wells), len(objects))
     elif args.stage == "gather-crops":
         from morphobench.images.crops import gather_crop_index
 

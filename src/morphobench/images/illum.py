@@ -34,7 +34,7 @@ from scipy import ndimage
 
 from morphobench.data.model import sheet_channels
 from morphobench.images.io import IllumFunctions, blank_channels, read_site, site_label
-from morphobench.io import MorphobenchError, atomic_path, progress
+from morphobench.io import MorphobenchError, atomic_path, progress, write_parquet
 
 log = logging.getLogger("morphobench.images.illum")
 
@@ -196,3 +196,42 @@ def run_illum(rows: pd.DataFrame, out: str | os.PathLike, params: IllumParams = 
     if png:
         save_illum_png(funcs, png)
     return funcs
+
+
+def materialize_plate(rows: pd.DataFrame, illum: IllumFunctions, out_dir: str | os.PathLike,
+                      out_sheet: str | os.PathLike, *, root=None) -> pd.DataFrame:
+    """Write illumination-corrected copies of one plate's images (optional; downstream stages
+    apply the functions on the fly and do not need them).
+
+    Each image is divided by its channel's function (≥ 1, so values only shrink), rounded and
+    written as 16-bit TIFF with its original file name under ``out_dir``; the returned (and
+    written) image sheet points at the copies. Written atomically: a failure leaves neither the
+    folder nor the sheet.
+    """
+    import tifffile
+
+    from morphobench.data.model import filename_col, pathname_col
+    from morphobench.images.io import site_paths
+
+    channels = [c for c in sheet_channels(rows) if c in illum]
+    missing = [c for c in sheet_channels(rows) if c not in illum]
+    if missing:
+        raise MorphobenchError(f"illumination functions lack channel(s) {missing} of the image sheet")
+    out_dir = Path(out_dir)
+    sheet = rows.copy()
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        for i, (_, row) in enumerate(progress(rows.iterrows(), total=len(rows), desc="apply illum")):
+            img = read_site(row, channels, illum=illum, root=root)
+            for c, (ch, src) in enumerate(zip(channels, site_paths(row, channels, root), strict=True)):
+                name = Path(src).name
+                if Path(src).suffix.lower() not in (".tif", ".tiff"):
+                    name = Path(src).stem + ".tiff"
+                if (tmp / name).exists():
+                    raise MorphobenchError(f"materializing plate images: two images are named {name} "
+                                           f"(second: {src}); corrected copies need unique file names")
+                plane = np.clip(np.rint(img[c]), 0, 65535).astype(np.uint16)
+                tifffile.imwrite(tmp / name, plane, compression=None, metadata=None)
+                sheet.iloc[i, sheet.columns.get_loc(filename_col(ch))] = name
+                sheet.iloc[i, sheet.columns.get_loc(pathname_col(ch))] = str(out_dir)
+    write_parquet(sheet, out_sheet)
+    return sheet
