@@ -61,7 +61,7 @@ def test_estimate_matches_true_field_and_flattens(plate_in_memory):
 def test_run_illum_writes_npz_and_png(tmp_path):
     sheet, truth = write_synthetic_plate(tmp_path / "img", wells=("A01", "A02"), sites=2, size=128,
                                          n_cells=8, channels=("DNA", "ER"), seed=1)
-    funcs = run_illum(sheet, tmp_path / "out" / "P1.npz", png=tmp_path / "out" / "P1.png")
+    run_illum(sheet, tmp_path / "out" / "P1.npz", png=tmp_path / "out" / "P1.png")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["P1.npz", "P1.png"]
     back = IllumFunctions.load(tmp_path / "out" / "P1.npz")
     assert back.channels == ["DNA", "ER"] and back.plate == "P1"

@@ -38,7 +38,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from morphobench.data.model import feature_columns, metadata_columns, validate_profiles
+from morphobench.data.model import metadata_columns, validate_profiles
 from morphobench.io import MorphobenchError
 
 log = logging.getLogger("morphobench.correct")

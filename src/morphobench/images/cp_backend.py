@@ -58,6 +58,7 @@ from morphobench.images.illum import IllumParams, effective_median_size, save_il
 from morphobench.images.io import IllumFunctions, site_label, site_meta, site_paths
 from morphobench.images.segment import (
     OBJECTS,
+    LabelStoreWriter,
     SegmentParams,
     cell_foreground_channels,
     object_table,
@@ -476,8 +477,6 @@ def run_segment_cp(rows: pd.DataFrame, labels_out: str | os.PathLike, objects_ou
     ``backend: cellprofiler``, the CellProfiler settings and the environment's versions.
     Nothing is left behind on failure.
     """
-    import zarr
-
     if rows.empty:
         raise MorphobenchError("segment (cellprofiler): no sites")
     channels = sheet_channels(rows)
@@ -499,19 +498,11 @@ def run_segment_cp(rows: pd.DataFrame, labels_out: str | os.PathLike, objects_ou
         tables, qcs = [], []
         labels_out = Path(labels_out)
         with np.load(wd / "segment" / "labels.npz") as z, atomic_path(labels_out, is_dir=True) as tmp:
-            arr = None
+            store = LabelStoreWriter(tmp, len(rows))
             for i, (_, row) in enumerate(rows.iterrows()):
                 nuc = z[f"s{i}_nuclei"].astype(np.uint32)
                 cel = z[f"s{i}_cells"].astype(np.uint32)
-                if arr is None:
-                    h, w = nuc.shape
-                    arr = zarr.create_array(str(tmp), shape=(len(rows), 2, h, w), chunks=(1, 2, h, w),
-                                            dtype="uint32", fill_value=0, overwrite=True,
-                                            dimension_names=("site", "object", "y", "x"))
-                elif nuc.shape != tuple(arr.shape[2:]):
-                    raise MorphobenchError(f"site {site_label(row)}: shape {nuc.shape} differs from the "
-                                           f"plate's first site {tuple(arr.shape[2:])}")
-                arr[i] = np.stack([nuc, cel])
+                store.put(i, nuc, cel, row)
                 meta = site_meta(row)
                 d = info[i]
                 blank = d.get("blank", [])
@@ -527,10 +518,10 @@ def run_segment_cp(rows: pd.DataFrame, labels_out: str | os.PathLike, objects_ou
                             "QC_Blank": bool(blank), "QC_BlankChannels": ",".join(blank)})
                 tables.append(object_table(nuc, cel, meta, image_number=i + 1))
             qc_df = pd.DataFrame(qcs)
-            arr.attrs.update({"objects": list(OBJECTS), "channels_used": use, "params": asdict(params),
-                              "sites": _jsonable(qc_df), "backend": "cellprofiler",
-                              "cp_settings": _jsonable_obj(settings),
-                              "versions": res.get("versions", {})})
+            store.finish({"objects": list(OBJECTS), "channels_used": use, "params": asdict(params),
+                          "sites": _jsonable(qc_df), "backend": "cellprofiler",
+                          "cp_settings": _jsonable_obj(settings),
+                          "versions": res.get("versions", {})})
     objects = pd.concat(tables, ignore_index=True)
     for k in SITE_KEYS:  # keep the sheet's dtypes even when some sites have no objects
         objects[k] = objects[k].astype(rows[k].dtype)

@@ -340,6 +340,33 @@ def open_labels(path: str | os.PathLike):
     return arr, sites
 
 
+class LabelStoreWriter:
+    """Fills a plate's label store site by site: zarr v3 array of sites × 2 (nuclei, cells) × H × W,
+    uint32, one chunk per site (created at the first site; every site must have its shape).
+    Used by both backends so their stores are identical in layout."""
+
+    def __init__(self, path: str | os.PathLike, n_sites: int):
+        self.path, self.n_sites, self.array = Path(path), n_sites, None
+
+    def put(self, i: int, nuclei: np.ndarray, cells: np.ndarray, row) -> None:
+        import zarr
+
+        if self.array is None:
+            h, w = nuclei.shape
+            self.array = zarr.create_array(str(self.path), shape=(self.n_sites, 2, h, w), chunks=(1, 2, h, w),
+                                           dtype="uint32", fill_value=0, overwrite=True,
+                                           dimension_names=("site", "object", "y", "x"))
+        elif nuclei.shape != tuple(self.array.shape[2:]):
+            raise MorphobenchError(f"site {site_label(row)}: shape {nuclei.shape} differs from the "
+                                   f"plate's first site {tuple(self.array.shape[2:])}")
+        self.array[i] = np.stack([nuclei, cells]).astype(np.uint32, copy=False)
+
+    def finish(self, attrs: dict) -> None:
+        if self.array is None:
+            raise MorphobenchError("no sites to segment")
+        self.array.attrs.update(attrs)
+
+
 def run_segment(rows: pd.DataFrame, labels_out: str | os.PathLike, objects_out: str | os.PathLike,
                 params: SegmentParams = SegmentParams(), *, illum: IllumFunctions | None = None,
                 qc_out: str | os.PathLike | None = None, root=None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -347,7 +374,6 @@ def run_segment(rows: pd.DataFrame, labels_out: str | os.PathLike, objects_out: 
 
     Nothing is left behind on failure (store built in a temp dir, then renamed).
     """
-    import zarr
 
     channels = sheet_channels(rows)
     use = list(dict.fromkeys([params.nuclei_channel, params.cell_channel]
@@ -358,7 +384,7 @@ def run_segment(rows: pd.DataFrame, labels_out: str | os.PathLike, objects_out: 
     tables, qcs = [], []
     labels_out = Path(labels_out)
     with atomic_path(labels_out, is_dir=True) as tmp:
-        arr = None
+        store = LabelStoreWriter(tmp, len(rows))
         for i, (_, row) in enumerate(progress(rows.iterrows(), total=len(rows), desc="segment")):
             img = read_site(row, use, root=root)
             blank = blank_channels(img, use)          # on the raw planes
@@ -366,25 +392,15 @@ def run_segment(rows: pd.DataFrame, labels_out: str | os.PathLike, objects_out: 
                 apply_illum(img, use, illum, where=lambda: f"site {site_label(row)}",
                             files=site_paths(row, use, root))
             nuc, cel, qc = segment_site(img, use, params, blank=blank)
-            if arr is None:
-                h, w = nuc.shape
-                arr = zarr.create_array(str(tmp), shape=(len(rows), 2, h, w), chunks=(1, 2, h, w),
-                                        dtype="uint32", fill_value=0, overwrite=True,
-                                        dimension_names=("site", "object", "y", "x"))
-            elif nuc.shape != tuple(arr.shape[2:]):
-                raise MorphobenchError(f"site {site_label(row)}: shape {nuc.shape} differs from the "
-                                       f"plate's first site {tuple(arr.shape[2:])}")
-            arr[i] = np.stack([nuc, cel])
+            store.put(i, nuc, cel, row)
             meta = site_meta(row)
             if qc["QC_Blank"]:
                 log.warning("segment: site %s has blank channel(s) %s", site_label(row), qc["QC_BlankChannels"])
             qcs.append({**meta, "ImageNumber": i + 1, **qc})
             tables.append(object_table(nuc, cel, meta, image_number=i + 1))
-        if arr is None:
-            raise MorphobenchError("no sites to segment")
         qc_df = pd.DataFrame(qcs)
-        arr.attrs.update({"objects": list(OBJECTS), "channels_used": use, "params": asdict(params),
-                          "sites": _jsonable(qc_df)})
+        store.finish({"objects": list(OBJECTS), "channels_used": use, "params": asdict(params),
+                      "sites": _jsonable(qc_df)})
     objects = pd.concat(tables, ignore_index=True)
     for k in SITE_KEYS:  # keep the sheet's dtypes even when some sites have no objects
         objects[k] = objects[k].astype(rows[k].dtype)
