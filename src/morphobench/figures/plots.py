@@ -46,6 +46,8 @@ def _grouped_bars(ax, table: pd.DataFrame, x: str, hue: list[str], y: str, err: 
     xs = sorted(table[x].unique())
     hues = table[hue].drop_duplicates().sort_values(hue).to_dict("records")
     width = 0.8 / max(1, len(hues))
+    # distinct colours for up to 20 series (the default cycle repeats after 10)
+    cmap = plt.get_cmap("tab20" if len(hues) > 10 else "tab10")
     for i, h in enumerate(hues):
         sub = table
         for k, v in h.items():
@@ -53,10 +55,11 @@ def _grouped_bars(ax, table: pd.DataFrame, x: str, hue: list[str], y: str, err: 
         sub = sub.set_index(x).reindex(xs)
         pos = np.arange(len(xs)) + (i - (len(hues) - 1) / 2) * width
         yerr = sub[err].to_numpy() if err and err in sub else None
-        ax.bar(pos, sub[y].to_numpy(), width, yerr=yerr, capsize=2, label=_label(h, hue))
+        ax.bar(pos, sub[y].to_numpy(), width, yerr=yerr, capsize=2, label=_label(h, hue),
+               color=cmap(i % cmap.N))
     ax.set_xticks(np.arange(len(xs)), xs, rotation=30, ha="right")
     ax.set_ylabel(y)
-    ax.legend(fontsize=7, frameon=False)
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
 
 def recall_curves(curve: pd.DataFrame, path: str | os.PathLike) -> None:
@@ -89,7 +92,7 @@ def recall_by_method(known: pd.DataFrame, path: str | os.PathLike, value: str = 
 def retrieval_bars(retrieval: pd.DataFrame, path: str | os.PathLike) -> None:
     """``retrieval``: dataset, method, correction, task, mAP, mAP_sem, fraction_retrieved."""
     _check(retrieval, ["dataset", "method", "correction", "task", "mAP", "fraction_retrieved"], "retrieval")
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.4), gridspec_kw={"wspace": 0.9})
     _grouped_bars(axes[0], retrieval, "task", ["method", "correction"], "mAP", err="mAP_sem")
     _grouped_bars(axes[1], retrieval, "task", ["method", "correction"], "fraction_retrieved")
     axes[1].set_ylim(0, 1)
