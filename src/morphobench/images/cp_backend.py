@@ -63,6 +63,7 @@ from morphobench.images.segment import (
     cell_foreground_channels,
     object_table,
     open_labels,
+    write_segmentation_tables,
 )
 from morphobench.io import MorphobenchError, atomic_path, write_parquet
 
@@ -522,13 +523,7 @@ def run_segment_cp(rows: pd.DataFrame, labels_out: str | os.PathLike, objects_ou
                           "sites": _jsonable(qc_df), "backend": "cellprofiler",
                           "cp_settings": _jsonable_obj(settings),
                           "versions": res.get("versions", {})})
-    objects = pd.concat(tables, ignore_index=True)
-    for k in SITE_KEYS:  # keep the sheet's dtypes even when some sites have no objects
-        objects[k] = objects[k].astype(rows[k].dtype)
-    write_parquet(objects, objects_out)
-    if qc_out:
-        write_parquet(qc_df, qc_out)
-    return objects, qc_df
+    return write_segmentation_tables(tables, qc_df, rows, objects_out, qc_out)
 
 
 def _num(v) -> float:

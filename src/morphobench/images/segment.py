@@ -401,8 +401,16 @@ def run_segment(rows: pd.DataFrame, labels_out: str | os.PathLike, objects_out: 
         qc_df = pd.DataFrame(qcs)
         store.finish({"objects": list(OBJECTS), "channels_used": use, "params": asdict(params),
                       "sites": _jsonable(qc_df)})
+    return write_segmentation_tables(tables, qc_df, rows, objects_out, qc_out)
+
+
+def write_segmentation_tables(tables: list[pd.DataFrame], qc_df: pd.DataFrame, rows: pd.DataFrame,
+                              objects_out: str | os.PathLike, qc_out: str | os.PathLike | None
+                              ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Concatenate the per-site object tables (keeping the sheet's key dtypes even when some sites
+    have no objects) and write them (+ the QC table) atomically; shared by both backends."""
     objects = pd.concat(tables, ignore_index=True)
-    for k in SITE_KEYS:  # keep the sheet's dtypes even when some sites have no objects
+    for k in SITE_KEYS:
         objects[k] = objects[k].astype(rows[k].dtype)
     write_parquet(objects, objects_out)
     if qc_out:
