@@ -129,7 +129,7 @@ def test_known_relationships_stage_and_tables(tmp_path):
     pairs.to_csv(tmp_path / "StringDB.csv", index=False)
     ann = {"CORUM": str(tmp_path / "CORUM.csv"), "StringDB": str(tmp_path / "StringDB.csv")}
     outs = [tmp_path / f"{n}.tsv" for n in ("known", "curve", "sets")]
-    known_relationships(tmp_path / "p.parquet", ann, KEY, *outs, gene_sets={"A": [f"gA{i}" for i in range(4)]})
+    known_relationships(tmp_path / "p.parquet", ann, KEY, *outs, gene_sets={"A": [f"gA{i}" for i in range(4)], "every": "all"})
     k = pd.read_csv(outs[0], sep="\t")
     assert list(k.columns[:8]) == ["dataset", "method", "correction", "source", "n_genes", "n_pairs",
                                    "recall_5_95", "recall_10_90"]
@@ -152,6 +152,9 @@ def test_known_relationships_stage_and_tables(tmp_path):
     assert sorted(c.percentile.unique()) == list(range(1, 21))
     s = pd.read_csv(outs[2], sep="\t")
     assert s.loc[0, "gene_set"] == "A" and s.loc[0, "n_pairs"] == 3
+    # "all" = every gene of the map: same pairs as the whole-map StringDB row
+    every = s.set_index("gene_set").loc["every"]
+    assert every.n_pairs == k.set_index("source").loc["StringDB", "n_pairs"] and every.n_set_genes_missing == 0
     # gather + batch-correction layout
     k2 = k.assign(correction="tvn")
     k2.to_csv(tmp_path / "k2.tsv", sep="\t", index=False)

@@ -81,15 +81,13 @@ def pixel_stats_plate(sheet_path: str | os.PathLike, plate: str, out: str | os.P
                       channels: Sequence[str] | None = None) -> None:
     """30 pixel statistics for every site of one plate → site-level parquet."""
     from morphobench.data.model import CHANNELS, SITE_KEYS
-    from morphobench.images.io import load_illum, load_sheet
+    from morphobench.images.io import load_illum, load_sheet, read_site
 
     rows = load_sheet(sheet_path, plate=plate)
     illum = load_illum(illum_path) if illum_path else None
     chans = list(channels or CHANNELS)
     records = []
     for _, row in progress(rows.iterrows(), total=len(rows), desc=f"pixel_stats {plate}"):
-        from morphobench.images.io import read_site
-
         img = read_site(row, chans, illum=illum)
         rec = {k: row[k] for k in SITE_KEYS}
         rec.update(pixel_stats_site(img, chans))

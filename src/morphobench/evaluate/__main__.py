@@ -73,19 +73,6 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _gene_sets(spec: dict, pert_path: str) -> dict:
-    """``"all"`` → every gene of the map."""
-    from morphobench.evaluate.stages import gene_profiles
-    from morphobench.io import read_table
-
-    out = {}
-    for name, genes in spec.items():
-        if genes == "all":
-            genes = gene_profiles(read_table(pert_path), pert_path)["Metadata_Gene"].tolist()
-        out[name] = list(genes)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.log)
@@ -98,7 +85,7 @@ def _dispatch(args, stages) -> None:
     if args.cmd == "known-relationships":
         stages.known_relationships(args.pert, json.loads(args.annotations), json.loads(args.key),
                                    args.out_known, args.out_curve, args.out_sets,
-                                   gene_sets=_gene_sets(json.loads(args.gene_sets), args.pert), seed=args.seed)
+                                   gene_sets=json.loads(args.gene_sets), seed=args.seed)
     elif args.cmd == "retrieval":
         stages.retrieval_stage(args.well, args.pert, json.loads(args.key), args.tasks, args.out,
                                args.detail_dir, null_size=args.null_size, seed=args.seed,

@@ -63,7 +63,7 @@ def known_relationships(pert_path: str | os.PathLike, annotations: Mapping[str, 
                         percentiles: Sequence[float] = tuple(p / 100 for p in range(1, 21)),
                         fpr: float = 0.05, seed: int = 0) -> None:
     """Recall of annotated pairs (EFAAR semantics) per source, the recall curve, and StringDB
-    recall at ``fpr`` within each gene set."""
+    recall at ``fpr`` within each gene set (a list of genes, or ``"all"``: every gene of the map)."""
     from morphobench.evaluate.recall import known_relationship_recall, recall_curve, recall_within_gene_set
     from morphobench.resources import load_annotation
 
@@ -82,6 +82,8 @@ def known_relationships(pert_path: str | os.PathLike, annotations: Mapping[str, 
     rows = []
     if "StringDB" in rels:
         for name, members in (gene_sets or {}).items():
+            if members == "all":
+                members = genes["Metadata_Gene"].tolist()
             t = recall_within_gene_set(genes, {"StringDB": rels["StringDB"]}, members, fpr=fpr, seed=seed,
                                        source=str(pert_path))
             t = t.rename(columns={"n_pairs_used": "n_pairs", f"recall_top_{fpr}": "recall"})
