@@ -46,8 +46,9 @@ def test_corum_recall_with_tvn_above_random(corrected, resources_dir):
         assert tab.loc[0, "n_pairs_used"] >= 40  # pairs among the simulated complexes' genes
         recall[corr] = tab.loc[0, "recall_0.05_0.95"]
     assert recall["tvn"] > 0.10
-    assert recall["tvn"] >= recall["standardize_plate"]
-    assert recall["tvn"] >= recall["none"]
+    # the default layout confounds treatments with batches: correction must help, TVN most
+    assert recall["tvn"] >= recall["standardize_plate"] >= recall["none"]
+    assert recall["tvn"] > recall["none"]
 
 
 def test_perturbation_retrieval_strong_beats_null(corrected, truth):
@@ -66,11 +67,11 @@ def test_perturbation_retrieval_strong_beats_null(corrected, truth):
 def test_sibling_retrieval_above_random(corrected):
     """Compounds retrieve their target gene's CRISPR profile (and sibling compounds) above random.
 
-    Checked on the uncorrected (negcon-centred) profiles: with 30 pixel statistics and only 16
-    control wells per batch, TVN's per-batch whitening is noisy and brings sibling retrieval down
-    to chance on this small screen (reported in the issue notes, not hidden here).
+    Checked on plate-standardized profiles: the default layout puts each treatment in one batch, so
+    uncorrected profiles carry batch offsets that compounds and their target genes (often in
+    different batches) do not share.
     """
-    well, pert = corrected["none"]
+    well, pert = corrected["standardize_plate"]
     for task in ("sibling_compound_gene", "sibling_compound"):
         summ, detail = run_retrieval(well, pert, task, null_size=2000, seed=0)
         ev = detail.dropna(subset=["mean_average_precision"])

@@ -167,9 +167,15 @@ def test_default_layout(default_design):
     reps = trt.groupby("Metadata_Perturbation").size()
     assert len(reps) == p.n_treatments and reps.min() >= 4
     assert trt.groupby("Metadata_Perturbation")["Metadata_Plate"].nunique().min() >= 2  # across plates
+    # layout "batch": each treatment in one batch, 2 wells on each of that batch's 2 plates
+    assert p.layout == "batch" and reps.eq(p.replicates).all()
+    assert trt.groupby("Metadata_Perturbation")["Metadata_Batch"].nunique().eq(1).all()
+    per_plate = trt.groupby(["Metadata_Perturbation", "Metadata_Plate"]).size()
+    assert per_plate.eq(2).all() and len(per_plate) == 2 * p.n_treatments
+    assert trt.groupby("Metadata_Batch")["Metadata_Perturbation"].nunique().eq(p.n_treatments // 2).all()
     pos = w[w["Metadata_PertType"].eq("poscon")].groupby("Metadata_Perturbation").size()
     assert pos.min() >= 4
-    assert w[w["Metadata_PertType"].eq("negcon")].groupby("Metadata_Plate").size().min() >= 8
+    assert w[w["Metadata_PertType"].eq("negcon")].groupby("Metadata_Plate").size().eq(12).all()
     maps = [g.set_index("Metadata_Well")["Metadata_Perturbation"] for _, g in w.groupby("Metadata_Plate")]
     for a in range(len(maps)):
         for b in range(a + 1, len(maps)):
@@ -178,6 +184,34 @@ def test_default_layout(default_design):
     eff = d.well_effects
     assert {"density", *(f"gain_{c}" for c in CHANNELS), *(f"axis_{a}" for a in AXES)} <= set(eff.columns)
     assert d.plate_effects.groupby("Metadata_Plate").size().eq(len(CHANNELS)).all()
+
+
+@pytest.mark.parametrize("layout", ["spread", "batch"])
+def test_layouts_balance_replicates(tables, layout):
+    """Both layouts: every treatment in ``replicates`` wells, as even as possible over its plates
+    (all plates, or the plates of its one batch); plates of 384 wells with 3 plates per batch."""
+    p = resolve_params({"preset": "large", "layout": layout, "n_batches": 2})
+    w = make_design(p, *tables).wells
+    trt = w[w["Metadata_PertType"].eq("trt")]
+    assert trt.groupby("Metadata_Perturbation").size().eq(p.replicates).all()
+    per_plate = trt.groupby(["Metadata_Perturbation", "Metadata_Plate"]).size().unstack(fill_value=0)
+    n_batch = trt.groupby("Metadata_Perturbation")["Metadata_Batch"].nunique()
+    if layout == "batch":
+        assert n_batch.eq(1).all()
+        spread = per_plate.apply(lambda r: r[r > 0].max() - r[r > 0].min(), axis=1)
+        assert (per_plate > 0).sum(axis=1).eq(min(p.plates_per_batch, p.replicates)).all()
+    else:
+        assert n_batch.eq(p.n_batches).all()
+        spread = per_plate.max(axis=1) - per_plate.min(axis=1)
+    assert spread.max() <= 1
+    assert w.groupby("Metadata_Plate").size().max() <= p.plate_format
+
+
+def test_batch_layout_infeasible_names_the_fix():
+    with pytest.raises(MorphobenchError, match="layout 'batch'.*treatments per batch"):
+        resolve_params({"preset": "default", "n_batches": 4, "plates_per_batch": 1, "n_compounds": 60})
+    with pytest.raises(MorphobenchError, match="layout must be one of"):
+        resolve_params({"layout": "checkerboard"})
 
 
 def test_large_preset_arm_correction_possible(tables):

@@ -369,23 +369,30 @@ def _relationships(pert: pd.DataFrame) -> pd.DataFrame:
 
 
 def _layout(p: SimParams, pert: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
-    """Plate maps: each treatment in ``p.replicates`` wells spread evenly over plates, positions
-    shuffled independently per plate; negcon and poscon wells on every plate."""
+    """Plate maps: each treatment in ``p.replicates`` wells spread evenly over its plates (all plates
+    with ``layout="spread"``; the plates of one batch, batches filled in turn, with
+    ``layout="batch"``), positions shuffled independently per plate; negcon and poscon wells on
+    every plate."""
     plates = [pl for _, pl in p.plates]
     batch_of = {pl: b for b, pl in p.plates}
-    P = len(plates)
     trt = pert.loc[pert["Metadata_PertType"].eq("trt"), "Metadata_Perturbation"].tolist()
     poscons = pert.loc[pert["Metadata_PertType"].eq("poscon"), "Metadata_Perturbation"].tolist()
     R = p.replicates
-    base, extra = divmod(R, P)
-    load = np.zeros(P, dtype=int)
-    content: list[list[str]] = [[] for _ in range(P)]
-    for t in (trt[i] for i in rng.permutation(len(trt))):
-        for k in range(P):
+    if p.layout == "batch":
+        groups = [[k for k, (b, _) in enumerate(p.plates) if b == batch]
+                  for batch in dict.fromkeys(b for b, _ in p.plates)]
+    else:
+        groups = [list(range(len(plates)))]
+    load = np.zeros(len(plates), dtype=int)
+    content: list[list[str]] = [[] for _ in plates]
+    for i, t in enumerate(trt[j] for j in rng.permutation(len(trt))):
+        ks = np.asarray(groups[i % len(groups)])
+        base, extra = divmod(R, len(ks))
+        for k in ks:
             content[k] += [t] * base
-        load += base
+        load[ks] += base
         if extra:
-            order = np.lexsort((rng.random(P), load))[:extra]
+            order = ks[np.lexsort((rng.random(len(ks)), load[ks]))[:extra]]
             for k in order:
                 content[k].append(t)
                 load[k] += 1

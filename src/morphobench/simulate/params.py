@@ -6,8 +6,10 @@ only imports the standard library and :mod:`morphobench.io`.
 Presets
 -------
 ``default``       2 batches × 2 plates, 96-well, 2 sites/well, 256 px, 64 genes (8 CORUM complexes
-                  × 5, 4 singletons, 20 unexpressed), 16 compounds in 4 MoAs, 8 negcon wells/plate.
-``tiny``          2 batches × 1 plate, 96-well, 1 site/well, 128 px, 19 treatments (fast tests).
+                  × 5, 4 singletons, 20 unexpressed), 16 compounds in 4 MoAs, 12 negcon wells/plate;
+                  each treatment in one batch, 2 wells on each of its 2 plates (``layout: batch``).
+``tiny``          2 batches × 1 plate, 96-well, 1 site/well, 128 px, 19 treatments (fast tests),
+                  8 negcon wells/plate, replicates spread over both plates (``layout: spread``).
 ``plate384``      the default design on 384-well plates (more replicates, 24 negcon wells/plate).
 ``many_sites``    the default with 9 sites per well.
 ``large_images``  the default with 1,024 px sites (≈ 16× the cells per site).
@@ -37,8 +39,15 @@ CONFIG_KEYS: tuple[str, ...] = (
     "preset", "seed", "n_batches", "plates_per_batch", "plate_format", "sites_per_well",
     "image_size", "brightfield", "cells_per_site", "n_complexes", "n_singleton_genes",
     "n_unexpressed_genes", "n_compounds", "n_moas", "negcon_wells_per_plate",
-    "phenotype_strength", "noise",
+    "phenotype_strength", "noise", "layout",
 )
+
+#: Replicate layouts (``layout`` key): ``batch`` puts each treatment in one batch, its replicates
+#: spread evenly over that batch's plates (treatments are confounded with batches, as in screens
+#: that profile each gene or compound in one experiment, so batch correction matters);
+#: ``spread`` spreads every treatment's replicates evenly over all plates (plate and batch effects
+#: then average out of treatment-level profiles).
+LAYOUTS: tuple[str, ...] = ("batch", "spread")
 
 #: Minimum number of replicate wells of every treatment (and positive control) across plates.
 MIN_REPLICATES = 4
@@ -66,9 +75,10 @@ class SimParams:
     n_unexpressed_genes: int = 20
     n_compounds: int = 16
     n_moas: int = 4
-    negcon_wells_per_plate: int = 8
+    negcon_wells_per_plate: int = 12
     phenotype_strength: float = 1.0
     noise: float = 1.0
+    layout: str = "batch"
     # preset-only knobs (not in the config schema)
     genes_per_complex: int = 5
     unexpressed_per_arm: int = 5
@@ -114,9 +124,14 @@ class SimParams:
 
     @property
     def replicates(self) -> int:
-        """Replicate wells per treatment: as many as the plates hold (≥ MIN_REPLICATES)."""
-        free = self.n_plates * (self.plate_format - self.control_wells_per_plate)
-        return free // max(self.n_treatments, 1)
+        """Replicate wells per treatment: as many as the plates hold (≥ MIN_REPLICATES).
+
+        With ``layout="batch"`` the fullest batch (``ceil(n_treatments / n_batches)`` treatments)
+        must hold them on its ``plates_per_batch`` plates."""
+        per_plate = self.plate_format - self.control_wells_per_plate
+        if self.layout == "batch":
+            return (self.plates_per_batch * per_plate) // max(math.ceil(self.n_treatments / self.n_batches), 1)
+        return (self.n_plates * per_plate) // max(self.n_treatments, 1)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -137,7 +152,7 @@ PRESETS: dict[str, SimParams] = {
     "tiny": SimParams(preset="tiny", n_batches=2, plates_per_batch=1, sites_per_well=1,
                       image_size=128, cells_per_site=(7, 12), n_complexes=3, genes_per_complex=3,
                       n_singleton_genes=2, n_unexpressed_genes=4, n_compounds=4, n_moas=2,
-                      unexpressed_per_arm=2),
+                      unexpressed_per_arm=2, negcon_wells_per_plate=8, layout="spread"),
     "plate384": SimParams(preset="plate384", plate_format=384, negcon_wells_per_plate=24),
     "many_sites": SimParams(preset="many_sites", sites_per_well=9),
     "large_images": SimParams(preset="large_images", image_size=1024, cells_per_site=(320, 640)),
@@ -188,6 +203,10 @@ def _coerce(key: str, value: Any) -> Any:
                 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
             raise MorphobenchError(f"simulate: cells_per_site must be [min, max] integers, got {value!r}")
         return (int(value[0]), int(value[1]))
+    if key == "layout":
+        if value not in LAYOUTS:
+            raise MorphobenchError(f"simulate: layout must be one of {list(LAYOUTS)}, got {value!r}")
+        return value
     if key == "brightfield":
         if not isinstance(value, bool):
             raise MorphobenchError(f"simulate: brightfield must be true/false, got {value!r}")
@@ -241,6 +260,14 @@ def check_params(p: SimParams) -> None:
     if p.replicates < MIN_REPLICATES:
         need = p.n_treatments * MIN_REPLICATES + p.n_plates * controls
         have = p.n_plates * p.plate_format
+        if p.layout == "batch":
+            per_batch = math.ceil(p.n_treatments / p.n_batches)
+            raise MorphobenchError(
+                f"simulate: infeasible layout: with layout 'batch', {per_batch} treatments per batch × "
+                f"{MIN_REPLICATES} replicates need {per_batch * MIN_REPLICATES} wells, but "
+                f"{p.plates_per_batch} plates × ({p.plate_format} − {controls} control) wells hold "
+                f"{p.plates_per_batch * (p.plate_format - controls)}. Add plates (plates_per_batch), use "
+                "plate_format 384, layout 'spread', or simulate fewer genes/compounds/negcon wells.")
         raise MorphobenchError(
             f"simulate: infeasible layout: {p.n_treatments} treatments ({p.n_genes} genes + "
             f"{p.n_compounds} compounds) × {MIN_REPLICATES} replicates + {p.n_plates} plates × "
