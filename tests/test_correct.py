@@ -167,3 +167,23 @@ def test_arm_needs_more_than_min_genes():
     np.testing.assert_allclose(routed[["a", "b", "c"]].to_numpy(), y)
     with pytest.raises(MorphobenchError, match="duplicates"):
         arm_centering(pd.concat([df, df.iloc[:1]]), dict(zip(genes, arm, strict=True)), unexp)
+
+
+def test_tvn_rank_deficient_controls_drop_null_components():
+    """More features than control rows: EFAAR keeps a zero-variance component that step 3 blows up
+    to ~1e15; ours drops it, so the output is finite, has rank(controls) columns and the controls'
+    covariance follows C (C + 0.5 I)^-1 as in the full-rank case."""
+    rng = np.random.default_rng(3)
+    n_ctrl, n_trt, d = 12, 30, 40
+    x = rng.normal(size=(n_ctrl + n_trt, d))
+    ctrl = np.arange(n_ctrl + n_trt) < n_ctrl
+    out = tvn_on_controls(x, ctrl, None)
+    assert out.shape == (n_ctrl + n_trt, n_ctrl - 1)  # centred controls have rank n_ctrl - 1
+    assert np.isfinite(out).all() and np.abs(out).max() < 1e3
+    efaar_tvn = _efaar_tvn()
+    df = pd.DataFrame(x, columns=[f"f{i}" for i in range(d)])
+    df.insert(0, "Metadata_PertType", np.where(ctrl, "negcon", "trt"))
+    ref = np.real(efaar_tvn(x, df, "Metadata_PertType", "negcon", None))
+    assert ref.shape[1] == n_ctrl and np.abs(ref).max() > 1e6  # the degenerate column we drop
+    # the kept components agree with EFAAR's up to the dropped one
+    np.testing.assert_allclose(out, ref[:, :n_ctrl - 1], atol=1e-8)

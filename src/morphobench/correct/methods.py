@@ -22,7 +22,13 @@ Choices where the papers are silent (ours, configurable):
   defaults, as EFAAR, so signs and numbers match); (3) standardize again on the controls;
   (4) per experiment b: ``X_b ← X_b · (cov(controls_b) + 0.5·I)^(−1/2)`` (``ddof=1``). The inverse
   square root uses a symmetric eigendecomposition (EFAAR: ``scipy.linalg.fractional_matrix_power``;
-  equal to ~1e-12). Note: with the 0.5·I regularization, the controls of batch b end with
+  equal to ~1e-12). **Rank-deficient controls** (our choice): EFAAR keeps all
+  ``min(n_controls, n_features)`` components; when there are no more control rows than features
+  (e.g. ~1,400 CellProfiler features and a few dozen control wells) the centred controls have rank
+  at most ``n_controls − 1``, so the trailing component(s) have (numerically) zero control variance
+  and step 3 divides an arbitrary direction by ~1e-15, which then dominates every cosine. We drop
+  the components whose control variance is below ``1e-10 ×`` the largest (logged); with
+  full-rank controls nothing is dropped and the result equals EFAAR's. Note: with the 0.5·I regularization, the controls of batch b end with
   covariance ``C_b (C_b + 0.5 I)^−1`` (eigenvalues λ/(λ+0.5)), not exactly I; ``tvn_reg=0`` gives
   whitening to I.
 * **arm**: proxbias ``arm_centering`` (see :mod:`morphobench.correct.arm`).
@@ -48,6 +54,8 @@ CORRECTIONS: tuple[str, ...] = (
     "pca_standardize_plate", "pca_standardize_experiment", "tvn", "arm",
 )
 DEFAULT_CONTROL_QUERY = 'Metadata_PertType == "negcon"'
+#: TVN: PCA components with control variance below this fraction of the largest are dropped.
+RANK_TOL = 1e-10
 
 __all__ = [
     "CORRECTIONS", "DEFAULT_CONTROL_QUERY", "apply_correction", "control_mask", "center_by",
@@ -147,7 +155,15 @@ def tvn_on_controls(x: np.ndarray, ctrl: np.ndarray, batches: np.ndarray | None 
 
     x = np.asarray(x, dtype=np.float64)
     e = StandardScaler().fit(x[ctrl]).transform(x)
-    e = PCA().fit(e[ctrl]).transform(e)
+    pca = PCA().fit(e[ctrl])
+    e = pca.transform(e)
+    var = pca.explained_variance_
+    keep = var > RANK_TOL * (var.max() if len(var) and var.max() > 0 else 1.0)
+    if not keep.all():
+        log.info("tvn: controls span %d of %d PCA components (%d control rows, %d features); "
+                 "dropping %d with zero control variance", keep.sum(), len(keep), int(ctrl.sum()),
+                 x.shape[1], int((~keep).sum()))
+        e = e[:, keep]
     e = StandardScaler().fit(e[ctrl]).transform(e)
     if batches is not None:
         for b in np.unique(batches):
