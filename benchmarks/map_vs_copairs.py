@@ -15,7 +15,9 @@ Each (tool, size) runs in a fresh subprocess; reported per run:
            best of --repeat runs, each with an empty copairs null cache)
   peak     peak resident set size of that process (ru_maxrss: Python + libraries + data + run)
   +peak    peak RSS minus the RSS just before the computation (what the computation added)
-Both tools run single-process on the same machine; copairs uses its own threads where it does.
+Both tools run single-process on the same machine; copairs uses its own threads where it does
+(a ThreadPoolExecutor for similarities, nulls and mAP p-values), ours a small pool
+(MORPHOBENCH_MAP_THREADS, default: usable CPUs, at most 4; set it to 1 for a single-threaded run).
 The reference is skipped (and said so) when its estimated memory exceeds --ref-mem-gb or when it
 runs past --timeout.
 
@@ -112,8 +114,9 @@ def worker(tool: str, n: int, d: int, design: str, null_size: int, null_method: 
         if tool == "ours":  # the same flow as morphobench.evaluate.map.retrieval
             ap = M.average_precision(meta, x, *args, no_negatives="keep")
             shared = M.null_table(ap, null_size, 0, method=null_method)
-            ap["p_value"] = M.ap_p_values(ap, null_size, 0, nulls=shared)
-            mp = M.mean_average_precision(ap, ["Metadata_Perturbation"], null_size, 0, nulls=shared)
+            ap["p_value"] = M.ap_p_values(ap, null_size, 0, method=null_method, nulls=shared)
+            mp = M.mean_average_precision(ap, ["Metadata_Perturbation"], null_size, 0, method=null_method,
+                                          nulls=shared)
             mp = mp[mp["p_value"].notna()]
         else:
             ap = average_precision(meta, x, *args, progress_bar=False)
@@ -158,7 +161,10 @@ def main(argv=None):
     if a.worker:
         print(json.dumps(worker(a.worker, a.sizes[0], a.dim, a.design, a.null_size, a.null_method, a.repeat)))
         return
-    print(f"mAP benchmark: design={a.design}, dim={a.dim}, null_size={a.null_size}, ours null={a.null_method}")
+    from morphobench.evaluate.map import _n_threads
+
+    print(f"mAP benchmark: design={a.design}, dim={a.dim}, null_size={a.null_size}, ours null={a.null_method}, "
+          f"ours threads={_n_threads()}, repeat={a.repeat}, cpus={len(os.sched_getaffinity(0))}")
     print(f"{'n':>7} {'pairs':>12} {'tool':>8} {'time_s':>8} {'peak_MB':>8} {'+peak_MB':>9} {'mAP':>7} "
           f"{'retrieved':>9} {'confs':>6}")
     for n in a.sizes:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+from itertools import combinations
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -65,11 +68,50 @@ DEFINITIONS = {
 }
 
 
+@pytest.fixture(params=["auto", "dense", "entries"])
+def neg_path(request, monkeypatch):
+    """Negatives as dense GEMM blocks (forced), as entry lists (forced), or chosen per block."""
+    if request.param == "dense":
+        monkeypatch.setattr(M, "_DENSE_MIN_ENTRIES", 0)
+    elif request.param == "entries":
+        monkeypatch.setattr(M, "_NEG_DENSE", False)
+    return request.param
+
+
 @pytest.mark.parametrize("quant", [None, 1, 4], ids=["continuous", "ties_q1", "ties_q4"])
 @pytest.mark.parametrize("definition", list(DEFINITIONS))
-def test_ap_equals_copairs(definition, quant):
+def test_ap_equals_copairs(definition, quant, neg_path):
     meta, x = screen(quant=quant, d=6 if quant else 16)
     _cmp_ap(meta, x, DEFINITIONS[definition])
+
+
+def test_skewed_groups_and_small_blocks_equal_copairs(neg_path):
+    """One huge plate next to small ones, in blocks mixing them (dense tables would be mostly
+    padding: such blocks go through entry lists)."""
+    big, xb = screen(n_plates=2, n_pert=100, n_ctrl=100, seed=31, keep=1.0)
+    big["Metadata_Plate"] = "BIG"
+    small, xs = screen(n_plates=6, n_pert=8, n_ctrl=3, seed=32)
+    small["Metadata_Plate"] = "S" + small["Metadata_Plate"]
+    small["Metadata_Perturbation"] = "s" + small["Metadata_Perturbation"]
+    meta = pd.concat([small, big], ignore_index=True)
+    meta[REF] = np.where(meta["Metadata_PertType"] == "negcon", np.arange(len(meta)), -1)
+    x = np.vstack([xs, xb])
+    _cmp_ap(meta, x, REPLICATE_ARGS, max_entries=2000)
+
+
+@pytest.mark.parametrize("definition", list(DEFINITIONS))
+def test_negative_paths_and_gram_agree(definition, monkeypatch):
+    """Dense negative blocks, entry lists, and Gram vs row-wise positives give the same APs."""
+    meta, x = screen(n_plates=3, n_pert=50, n_ctrl=30, seed=21)
+    args = DEFINITIONS[definition]
+    monkeypatch.setattr(M, "_DENSE_MIN_ENTRIES", 0)
+    dense = M.average_precision(meta, x, *args, no_negatives="keep")["average_precision"].to_numpy()
+    monkeypatch.setattr(M, "_NEG_DENSE", False)
+    entries = M.average_precision(meta, x, *args, no_negatives="keep")["average_precision"].to_numpy()
+    monkeypatch.setattr(M, "_GRAM_MAX", 0)
+    rowwise = M.average_precision(meta, x, *args, no_negatives="keep")["average_precision"].to_numpy()
+    np.testing.assert_allclose(dense, entries, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(entries, rowwise)       # Gram entries are the same dot products
 
 
 def test_ties_rank_positives_first():
@@ -146,9 +188,10 @@ def test_injected_null_samples_reproduce_copairs(tmp_path):
     confs = np.unique(valid[["n_pos_pairs", "n_total_pairs"]].to_numpy(), axis=0)
     nd = cp_compute.get_null_dists(confs, 300, 11, cache_dir=tmp_path / "c", progress_bar=False)
     injected = {tuple(map(int, c)): nd[i] for i, c in enumerate(confs)}
-    p_ours = M.ap_p_values(ours, 300, 0, nulls=injected)
+    # copairs' float32 draws compared with copairs' arithmetic (method="copairs")
+    p_ours = M.ap_p_values(ours, 300, 0, method="copairs", nulls=injected)
     np.testing.assert_array_equal(p_ours.astype(np.float32), cp_p_values(ref, 300, 11, progress_bar=False))
-    m_ours = M.mean_average_precision(ours, ["Metadata_Perturbation"], 300, 0, nulls=injected)
+    m_ours = M.mean_average_precision(ours, ["Metadata_Perturbation"], 300, 0, method="copairs", nulls=injected)
     m_ref = copairs_map.mean_average_precision(ref, ["Metadata_Perturbation"], 300, 0.05, 11,
                                                progress_bar=False, cache_dir=tmp_path / "c2")
     np.testing.assert_array_equal(m_ours["p_value"].dropna().to_numpy(), m_ref["p_value"].to_numpy())
@@ -190,6 +233,166 @@ def test_fast_null_independent_of_other_configurations():
     a = M.null_distributions(np.array([[2, 10], [3, 12]]), 100, 0)
     b = M.null_distributions(np.array([[3, 12]]), 100, 0)
     np.testing.assert_array_equal(a[1], b[0])
+    confs = np.array([[1, 9], [3, 12], [3, 40], [12, 30], [40, 300], [7, 7]])
+    many = M.null_distributions(confs, 300, 4)
+    for i, c in enumerate(confs):
+        np.testing.assert_array_equal(many[i], M.null_distributions(c[None], 300, 4)[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# fast mode: exact p-values (ties included) against a plain rational-arithmetic reference
+# ---------------------------------------------------------------------------------------------
+def _frac_ap(pos) -> Fraction:
+    """Exact AP of a rank list given by its sorted 0-based positive positions."""
+    return sum(Fraction(i + 1, int(p) + 1) for i, p in enumerate(pos)) / len(pos)
+
+
+def _floyd_positions(seed, k, total, size):
+    """The fast null's draws, re-derived in plain Python (Floyd's algorithm on its words)."""
+    words = M._floyd_words(seed, k, total, size)
+    out = []
+    for s in range(size):
+        chosen = []
+        for t in range(k):
+            j = total - k + t
+            r = (int(words[t, s]) * (j + 1)) >> 32
+            chosen.append(j if r in chosen else r)
+        out.append(sorted(chosen))
+    return out
+
+
+def _exact_observed(ap, k, total):
+    """The rational an observed float AP stands for (distinct APs of small lists differ by far
+    more than float error)."""
+    cands = {_frac_ap(c) for c in combinations(range(total), k)}
+    best = min(cands, key=lambda f: abs(float(f) - ap))
+    assert abs(float(best) - ap) < 1e-12
+    return best
+
+
+def test_fast_p_values_equal_exact_reference_with_ties():
+    meta, x = screen(n_plates=4, n_pert=14, n_ctrl=5, d=3, quant=1, seed=17, keep=0.9)
+    ours = M.average_precision(meta, x, *REPLICATE_ARGS)
+    size, seed = 300, 5
+    p_fast = M.ap_p_values(ours, size, seed)
+    m_fast = M.mean_average_precision(ours, ["Metadata_Perturbation"], size, seed)
+    # the engine's own draws, as floats, equal the exact APs of the re-derived rank lists
+    valid = M._valid_mask(ours)
+    confs, _ = M._conf_table(ours, valid)
+    table = M.null_table(ours, size, seed)
+    nulls = {}
+    for k, total in confs.tolist():
+        exact = [_frac_ap(p) for p in _floyd_positions(seed, k, total, size)]
+        np.testing.assert_allclose(table[(k, total)], [float(f) for f in exact], rtol=0, atol=1e-15)
+        nulls[(k, total)] = exact
+    # AP p-values: p = (1 + #{null ≥ AP}) / (1 + size), in rational arithmetic
+    obs = {}
+    ties = 0
+    for i in np.flatnonzero(valid):
+        k, total = int(ours.at[i, "n_pos_pairs"]), int(ours.at[i, "n_total_pairs"])
+        a = obs[i] = _exact_observed(ours.at[i, "average_precision"], k, total)
+        n_ge = sum(v >= a for v in nulls[(k, total)])
+        ties += sum(v == a for v in nulls[(k, total)])
+        assert p_fast[i] == (1 + n_ge) / (1 + size), i
+    assert ties > 50                       # exact ties between null and observed APs occurred
+    # mAP p-values: group null = element-wise mean of the members' nulls, strict >
+    group_ties = 0
+    for _, row in m_fast[m_fast["p_value"].notna()].iterrows():
+        members = [i for i in np.flatnonzero(valid)
+                   if ours.at[i, "Metadata_Perturbation"] == row["Metadata_Perturbation"]]
+        m = len(members)
+        map_exact = sum(obs[i] for i in members) / m
+        assert abs(float(map_exact) - row["mean_average_precision"]) < 1e-12
+        cols = [nulls[(int(ours.at[i, "n_pos_pairs"]), int(ours.at[i, "n_total_pairs"]))] for i in members]
+        means = [sum(c[s] for c in cols) / m for s in range(size)]
+        n_gt = sum(v > map_exact for v in means)
+        group_ties += sum(v == map_exact for v in means)
+        assert row["p_value"] == (1 + n_gt) / (1 + size), row["Metadata_Perturbation"]
+    assert group_ties > 5                  # … and between group-null means and mAPs
+
+
+def test_fast_p_values_equal_plain_reference_on_same_draws():
+    """ap_p_values / mean_average_precision (fast) equal a brute-force count over the very null
+    table they use: p = (1 + #{null ≥ AP − ε})/(1 + N), p = (1 + #{mean null > mAP + ε})/(1 + N)."""
+    meta, x = screen(n_plates=6, n_pert=60, n_ctrl=12, seed=41, quant=2, d=8)
+    ap = M.average_precision(meta, x, *REPLICATE_ARGS)
+    size = 1000
+    table = M.null_table(ap, size, 3)
+    p = M.ap_p_values(ap, size, 3, nulls=table)
+    mp = M.mean_average_precision(ap, ["Metadata_Perturbation"], size, 3, nulls=table)
+    np.testing.assert_array_equal(p, M.ap_p_values(ap, size, 3))           # same draws either way
+    valid = M._valid_mask(ap)
+    for i in np.flatnonzero(valid):
+        k, total = int(ap.at[i, "n_pos_pairs"]), int(ap.at[i, "n_total_pairs"])
+        ref = np.count_nonzero(table[(k, total)] >= ap.at[i, "average_precision"] - M._tie_eps(k + 2))
+        assert p[i] == (1 + ref) / (1 + size)
+    for _, row in mp[mp["p_value"].notna()].iterrows():
+        mem = ap[valid & (ap["Metadata_Perturbation"] == row["Metadata_Perturbation"]).to_numpy()]
+        k, t = mem["n_pos_pairs"].to_numpy(), mem["n_total_pairs"].to_numpy()
+        mean = np.mean([table[(int(a), int(b))] for a, b in zip(k, t, strict=True)], axis=0)
+        eps = M._tie_eps(k.max() + len(mem) + 1)
+        ref = np.count_nonzero(mean > row["mean_average_precision"] + eps)
+        assert row["p_value"] == (1 + ref) / (1 + size), row["Metadata_Perturbation"]
+
+
+def test_fast_counts_equal_plain_float_reference():
+    """Histogram/bracketing counts equal brute-force counts on the same float64 null table,
+    for every group size path (1 member, uint16 sums, > 64 members), near-threshold values
+    included."""
+    rng = np.random.default_rng(0)
+    confs = np.array([[k, n] for k in (1, 2, 3, 5) for n in (k + 3, k + 20, k + 50)])
+    null = M.null_distributions(confs, 2000, 9)
+    sizes = rng.choice([1, 2, 3, 4, 6, 9, 70], size=400)
+    member = rng.integers(0, len(confs), size=int(sizes.sum()))
+    starts = np.cumsum(sizes) - sizes
+    # thresholds: group-null means of sample 7 (ties), nudged values, and random ones
+    sums = np.add.reduceat(null[member, 7], starts)
+    maps = np.where(rng.random(len(sizes)) < 0.5, sums / sizes, rng.random(len(sizes)) * 0.6)
+    maps[::7] += 1e-13
+    got = M._group_null_counts(null, member, sizes, maps, confs[:, 0])
+    for g in range(len(sizes)):
+        mem = member[starts[g]:starts[g] + sizes[g]]
+        eps = M._tie_eps(confs[mem, 0].max() + sizes[g] + 1)
+        tot = null[mem].sum(axis=0)
+        assert got[g] == np.count_nonzero(tot > sizes[g] * (maps[g] + eps)), g
+    for c in range(len(confs)):
+        t = np.concatenate([null[c, :40], null[c, :10] + 1e-13, null[c, :10] - 1e-13, rng.random(20), [0, 1, -1, 2]])
+        np.testing.assert_array_equal(M._count_at_least(null[c], t), (null[c][None, :] >= t[:, None]).sum(axis=1))
+
+
+def test_floyd_batches_and_bitmaps_draw_the_same_lists():
+    for k, total in [(1, 5), (3, 7), (5, 40), (8, 8), (6, 1000)]:
+        a = M._floyd_nulls(k, np.array([total]), 500, 3)[0]
+        b = M._floyd_bitmap_null(500, k, total, 3, budget=1 << 12)
+        np.testing.assert_array_equal(a, b)
+    ref = [_frac_ap(p) for p in _floyd_positions(2, 30, 90, 50)]
+    np.testing.assert_allclose(M.null_distributions(np.array([[30, 90]]), 50, 2)[0], [float(f) for f in ref],
+                               rtol=0, atol=1e-15)
+
+
+def test_results_do_not_depend_on_threads(monkeypatch):
+    meta, x = screen(seed=23, n_pert=40)
+    out = []
+    for threads in ("1", "3"):
+        monkeypatch.setenv("MORPHOBENCH_MAP_THREADS", threads)
+        ap = M.average_precision(meta, x, *REPLICATE_ARGS)
+        ap["p"] = M.ap_p_values(ap, 500, 1)
+        out.append((ap, M.mean_average_precision(ap, ["Metadata_Perturbation"], 500, 1)))
+    pd.testing.assert_frame_equal(out[0][0], out[1][0])
+    pd.testing.assert_frame_equal(out[0][1], out[1][1])
+
+
+def test_map_groups_like_pandas_with_missing_keys():
+    meta, x = screen(seed=24)
+    ap = M.average_precision(meta, x, *REPLICATE_ARGS)
+    ap.loc[[3, 10], "Metadata_Perturbation"] = None       # not grouped (pandas drops NaN keys)
+    ap.index = ap.index * 2 + 5
+    res = M.mean_average_precision(ap, ["Metadata_Plate", "Metadata_Perturbation"], 200, 0)
+    ref = ap.groupby(["Metadata_Plate", "Metadata_Perturbation"], observed=True, sort=True)
+    sizes = ref.size()
+    assert list(map(tuple, res[["Metadata_Plate", "Metadata_Perturbation"]].to_numpy())) == list(sizes.index)
+    np.testing.assert_array_equal(res["n_profiles"], sizes.to_numpy())
+    np.testing.assert_array_equal(res["mean_average_precision"], ref["average_precision"].mean().to_numpy())
 
 
 def test_replicate_retrieval_equals_copairs_recipe(tmp_path):
@@ -255,7 +458,7 @@ def test_single_replicate_group_is_recorded_not_silent():
     assert res.summary["n_groups_evaluated"] + res.summary["n_groups_skipped"] == res.summary["n_groups"]
 
 
-def test_plate_without_negcon_errors_or_is_recorded():
+def test_plate_without_negcon_errors_or_is_recorded(neg_path):
     meta, x = screen(n_plates=3, seed=10)
     drop = (meta["Metadata_Plate"] == "P1") & (meta["Metadata_PertType"] == "negcon")
     meta, x = meta[~drop].reset_index(drop=True), x[~drop.to_numpy()]
@@ -270,6 +473,8 @@ def test_plate_without_negcon_errors_or_is_recorded():
         M.average_precision(meta, x, *REPLICATE_ARGS, no_negatives="error")
     kept = M.average_precision(meta, x, *REPLICATE_ARGS, no_negatives="keep")
     assert (kept.loc[p1.index, "average_precision"] == 1.0).all()  # copairs' number
+    small_blocks = M.average_precision(meta, x, *REPLICATE_ARGS, no_negatives="keep", max_entries=40)
+    np.testing.assert_array_equal(small_blocks["average_precision"], kept["average_precision"])
 
 
 def test_no_controls_at_all_raises():
