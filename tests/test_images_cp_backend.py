@@ -339,6 +339,28 @@ def test_blank_site(plate, cp_python, tmp_path):
     assert bool(qc_in["QC_Blank"].iloc[0]) and qc_in["Count_Nuclei"].iloc[0] == 0
 
 
+def test_noise_only_site(plate, cp_python, tmp_path):
+    """A noise-only DNA image gets no objects and QC_LowContrast in both backends (the same
+    contrast statistic); the other sites are untouched."""
+    import tifffile
+
+    rows = plate["sheet"].iloc[:2].copy()
+    rng = np.random.default_rng(5)
+    f = tmp_path / "noise_DNA.tif"
+    tifffile.imwrite(f, rng.poisson(400, (256, 256)).astype(np.uint16))
+    rows.loc[rows.index[0], ["FileName_OrigDNA", "PathName_OrigDNA"]] = [f.name, str(tmp_path)]
+    for name, run in (("cp", lambda: cb.run_segment_cp(rows, tmp_path / "l.zarr", tmp_path / "o.parquet",
+                                                       plate["params"], illum=plate["dir"] / "illum_cp.npz",
+                                                       python=cp_python)),
+                      ("in", lambda: sg.run_segment(rows, tmp_path / "li.zarr", tmp_path / "oi.parquet",
+                                                    plate["params"], illum=plate["illum_in"]))):
+        obj, qc = run()
+        assert qc["QC_LowContrast"].tolist() == [True, False], name
+        assert qc["Count_Nuclei"].iloc[0] == 0 and (obj["ImageNumber"] == 1).sum() == 0, name
+        assert qc["Count_Nuclei"].iloc[1] > 10 and qc["Contrast_Nuclei"].iloc[1] > 8, (name, qc)
+        assert 2.0 < qc["Contrast_Nuclei"].iloc[0] < 4.0, name
+
+
 def test_cell_options_follow_inprocess(plate, cp_python, tmp_path):
     """Non-default cell settings (membrane watershed on a foreground of AGP alone) still agree."""
     rows = plate["sheet"].iloc[:3]

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from morphobench.data.model import CHANNELS
+from morphobench.images.cp_worker import otsu_contrast
 from morphobench.images.segment import (
     SegmentParams,
     match_instances,
@@ -117,6 +118,24 @@ def test_zero_objects_and_blank():
     assert qc["QC_Blank"] and qc["Count_Nuclei"] == 0
 
 
+def test_noise_only_site_gets_no_objects():
+    """A noise-only nuclei channel (empty well, failed stain) is not segmented: Otsu would split the
+    noise into hundreds of 'nuclei'; the contrast guard gives zero objects and a QC flag."""
+    rng = np.random.default_rng(0)
+    img = rng.poisson(300, size=(5, 128, 128)).astype(np.float32)
+    img[0] += np.linspace(0, 30, 128)[None, :]  # plus a residual illumination ramp
+    assert otsu_contrast(img[0]) < 4.0
+    n, c, qc = segment_site(img, CHANNELS)
+    assert qc["QC_LowContrast"] and not qc["QC_Blank"] and qc["Count_Nuclei"] == 0 and n.max() == 0
+    assert 2.0 < qc["Contrast_Nuclei"] < 4.0
+    # the guard is what stops it: without it the noise is "segmented"
+    n0, _, qc0 = segment_site(img, CHANNELS, SegmentParams(min_contrast=0))
+    assert qc0["Count_Nuclei"] > 0 and not qc0["QC_LowContrast"]
+    # level- and scale-free: pure noise ≈ 2.7 at any gain/offset
+    assert abs(otsu_contrast(rng.normal(5, 0.1, (256, 256))) - otsu_contrast(rng.normal(900, 40, (256, 256)))) < 0.1
+    assert np.isnan(otsu_contrast(np.full((20, 20), 3.0)))
+
+
 def test_object_table_values():
     nuc = np.zeros((20, 30), np.uint32)
     nuc[2:6, 3:9] = 1
@@ -150,6 +169,18 @@ def _stardist_files():
     except Exception as err:  # noqa: BLE001
         pytest.skip(f"StarDist img2d/mask2d not available ({err}); run "
                     "`python -m morphobench.resources ensure --resources-dir resources`")
+
+
+def test_real_and_synthetic_nuclei_pass_the_contrast_guard():
+    import tifffile
+
+    guard = SegmentParams().min_contrast
+    img_p, _ = _stardist_files()
+    assert otsu_contrast(tifffile.imread(img_p), SegmentParams().smooth_sigma) > guard  # ≈ 6.5
+    rng = np.random.default_rng(11)
+    for _ in range(3):
+        imgs, _, _ = synthetic_site(rng)
+        assert otsu_contrast(imgs[0]) > 2 * guard
 
 
 def test_stardist_real_nuclei_f1():

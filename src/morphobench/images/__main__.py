@@ -137,8 +137,8 @@ def run(args: argparse.Namespace) -> None:
         rows = load_sheet(args.sheet, args.plate)
         objects, qc = run_segment(rows, args.labels, args.out, params_from(SegmentParams, raw),
                                   illum=load_illum(args.illum), qc_out=args.qc, root=args.root)
-        log.info("segment: plate %s: %d sites, %d objects, %d blank sites", args.plate, len(qc),
-                 len(objects), int(qc["QC_Blank"].sum()))
+        log.info("segment: plate %s: %d sites, %d objects, %d blank sites, %d low-contrast sites",
+                 args.plate, len(qc), len(objects), int(qc["QC_Blank"].sum()), int(qc["QC_LowContrast"].sum()))
     elif args.stage == "crops":
         from dataclasses import asdict
 

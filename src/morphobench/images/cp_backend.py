@@ -429,6 +429,7 @@ def cp_segment_settings(params: SegmentParams, overrides: Mapping | None = None,
     lines = params.dividing_lines or params.declump
     s = {
         "nuclei_channel": params.nuclei_channel,
+        "min_contrast": float(params.min_contrast),
         "min_diameter": int(round(params.min_diameter)),
         "max_diameter": int(round(params.max_diameter)),
         "threshold_method": tm,
@@ -510,13 +511,19 @@ def run_segment_cp(rows: pd.DataFrame, labels_out: str | os.PathLike, objects_ou
                 if blank:
                     log.warning("segment (cellprofiler): site %s has blank channel(s) %s",
                                 site_label(row), ",".join(blank))
+                if d.get("low_contrast"):
+                    log.warning("segment (cellprofiler): site %s: nuclei contrast %.2f < min_contrast %.2f "
+                                "(noise only?): no objects", site_label(row), _num(d.get("contrast")),
+                                params.min_contrast)
                 scale = float(d.get("scale", 1.0))  # CellProfiler's nuclei threshold is on [0, 1]
                 qcs.append({**meta, "ImageNumber": i + 1, "Count_Nuclei": int(nuc.max()),
                             "Count_Cells": int(len(np.unique(cel)) - 1),
                             "Threshold_Nuclei": _num(d.get("threshold_nuclei")) * scale,
                             # on the percentile-scaled composite: unit-free, as in-process
                             "Threshold_Cells": _num(d.get("threshold_cells")),
-                            "QC_Blank": bool(blank), "QC_BlankChannels": ",".join(blank)})
+                            "QC_Blank": bool(blank), "QC_BlankChannels": ",".join(blank),
+                            "Contrast_Nuclei": _num(d.get("contrast")),
+                            "QC_LowContrast": bool(d.get("low_contrast", False))})
                 tables.append(object_table(nuc, cel, meta, image_number=i + 1))
             qc_df = pd.DataFrame(qcs)
             store.finish({"objects": list(OBJECTS), "channels_used": use, "params": asdict(params),

@@ -69,6 +69,10 @@ SEGMENT_DEFAULTS = {
     "cells_pre_smooth_sigma": 0.0,
     # IdentifyPrimaryObjects (nuclei)
     "nuclei_channel": "DNA",
+    # QC guard (not a CellProfiler setting): a site whose nuclei image has an Otsu contrast
+    # (otsu_contrast, σ = pre_smooth_sigma or threshold_smoothing_scale / 1.3488) below this gets
+    # no objects and low_contrast = true; 0 disables (CellProfiler would segment noise)
+    "min_contrast": 0.0,
     "min_diameter": 8,            # "Typical diameter of objects" (pixels)
     "max_diameter": 40,
     "threshold_method": "Otsu",   # global two-class Otsu
@@ -144,6 +148,31 @@ def _np():
     import numpy
 
     return numpy
+
+
+def otsu_contrast(img, sigma: float = 1.0) -> float:
+    """Separation of the two Otsu classes of the Gaussian-smoothed (σ ``sigma``) image, in
+    background standard deviations: ``(mean above − mean at or below the threshold) / sd below``.
+
+    A segmentation QC statistic shared by both backends (``SegmentParams.min_contrast``): pure
+    noise gives ≈ 2.7 whatever its level, a linear ramp 3.5; nuclei images are well above 4 (the
+    StarDist ``img2d`` real nuclei 6.5, simulated sites ≥ 12). NaN for a constant image.
+    """
+    np = _np()
+    from scipy import ndimage
+    from skimage.filters import threshold_otsu
+
+    x = np.asarray(img, np.float64)
+    if sigma > 0:
+        x = ndimage.gaussian_filter(x, sigma)
+    if float(x.max() - x.min()) <= 0:
+        return float("nan")
+    t = threshold_otsu(x)
+    fg, bg = x[x > t], x[x <= t]
+    sd = float(bg.std())
+    if fg.size == 0 or bg.size == 0:
+        return float("nan")
+    return float("inf") if sd == 0 else float((fg.mean() - bg.mean()) / sd)
 
 
 def versions() -> dict:
@@ -386,7 +415,7 @@ def segment_site(images: dict, p: dict, blank=()):
     settings, ``cells_foreground_channels`` resolved (a list).
 
     Return ``(nuclei, cells, info)``; int32 labels, cells numbered as their nucleus. A blank
-    nuclei image gives no objects; a blank (constant) foreground composite gives cells = nuclei;
+    nuclei image, or one whose Otsu contrast is below ``min_contrast``, gives no objects; a blank (constant) foreground composite gives cells = nuclei;
     a blank cell channel propagates on a constant image (distance alone).
     """
     np = _np()
@@ -395,9 +424,16 @@ def segment_site(images: dict, p: dict, blank=()):
     dna = images[p["nuclei_channel"]]
     if p["nuclei_channel"] in blank:
         z = np.zeros(dna.shape, np.int32)
-        return z, z.copy(), {"n": 0, "threshold_nuclei": float("nan"), "threshold_cells": float("nan")}
+        return z, z.copy(), {"n": 0, "threshold_nuclei": float("nan"), "threshold_cells": float("nan"),
+                             "contrast": float("nan"), "low_contrast": False}
     from cellprofiler_library.modules import gaussianfilter, identifyprimaryobjects, identifysecondaryobjects
 
+    sigma = float(p["pre_smooth_sigma"]) or float(p["threshold_smoothing_scale"]) / 1.3488
+    contrast = otsu_contrast(dna, sigma)
+    if float(p["min_contrast"]) > 0 and not contrast >= float(p["min_contrast"]):
+        z = np.zeros(dna.shape, np.int32)
+        return z, z.copy(), {"n": 0, "threshold_nuclei": float("nan"), "threshold_cells": float("nan"),
+                             "contrast": contrast, "low_contrast": True}
     if float(p["pre_smooth_sigma"]) > 0:
         dna = gaussianfilter(dna, float(p["pre_smooth_sigma"])).astype(np.float32)
     kw = {}
@@ -419,13 +455,14 @@ def segment_site(images: dict, p: dict, blank=()):
         return_cp_output=True, **kw)
     nuclei, unedited = res[0].astype(np.int32), res[1].astype(np.int32)
     nuc_threshold = float(res[12])
+    qc = {"contrast": contrast, "low_contrast": False}
     if nuclei.max() == 0:
         return nuclei, np.zeros_like(nuclei), {"n": 0, "threshold_nuclei": nuc_threshold,
-                                               "threshold_cells": float("nan")}
+                                               "threshold_cells": float("nan"), **qc}
     binary, cell_threshold = cell_foreground(images, p, blank)
     if binary is None:  # nothing to threshold: cells = nuclei (as the in-process backend)
         return nuclei, nuclei.copy(), {"n": int(nuclei.max()), "threshold_nuclei": nuc_threshold,
-                                       "threshold_cells": cell_threshold}
+                                       "threshold_cells": cell_threshold, **qc}
     fg = ndimage.binary_fill_holes(binary | (nuclei > 0))
     if p["cells_max_distance"] is not None:
         fg &= ndimage.distance_transform_edt(nuclei == 0) <= float(p["cells_max_distance"])
@@ -454,7 +491,7 @@ def segment_site(images: dict, p: dict, blank=()):
     nuclei_out = np.asarray(sres[5]).astype(np.int32)   # = nuclei unless edge cells were discarded
     cells = np.asarray(sres[6]).astype(np.int32)
     return nuclei_out, cells, {"n": int(nuclei_out.max()), "threshold_nuclei": nuc_threshold,
-                               "threshold_cells": cell_threshold}
+                               "threshold_cells": cell_threshold, **qc}
 
 
 def _centres_areas(labels, n: int):

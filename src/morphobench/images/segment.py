@@ -54,6 +54,7 @@ from skimage import filters, measure, morphology, segmentation
 from skimage.feature import peak_local_max
 
 from morphobench.data.model import SITE_KEYS, sheet_channels
+from morphobench.images.cp_worker import otsu_contrast
 from morphobench.images.io import (
     IllumFunctions,
     apply_illum,
@@ -86,6 +87,10 @@ class SegmentParams:
     threshold_log: bool = False
     #: multiply the nuclei threshold by this
     threshold_correction: float = 1.0
+    #: QC guard: a site whose nuclei channel has an Otsu contrast (``cp_worker.otsu_contrast`` at
+    #: σ ``smooth_sigma``: Otsu class separation in background sds) below this gets no objects and
+    #: ``QC_LowContrast``; pure noise ≈ 2.7, real nuclei ≫ 4. 0 disables.
+    min_contrast: float = 4.0
     #: nuclei equivalent-diameter range kept (px)
     min_diameter: float = 8.0
     max_diameter: float = 80.0
@@ -261,6 +266,8 @@ def segment_site(img: np.ndarray, channels: Sequence[str], params: SegmentParams
                  blank: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Segment one site ``(C,H,W)``; returns ``(nuclei, cells, qc)``.
 
+    A nuclei channel whose Otsu contrast is below ``params.min_contrast`` (noise only, e.g. an
+    empty well or a failed stain) also gives zero objects, flagged ``QC_LowContrast``.
     ``blank``: channels whose *raw* image is constant (QC flag). Pass it when ``img`` is already
     illumination corrected (a constant raw plane is no longer constant after the division);
     default: detected on ``img``. A blank nuclei channel gives zero objects; blank channels are
@@ -271,19 +278,24 @@ def segment_site(img: np.ndarray, channels: Sequence[str], params: SegmentParams
         if ch not in channels:
             raise MorphobenchError(f"segmentation channel {ch!r} not among the site's channels {channels}")
     blank = list(blank) if blank is not None else blank_channels(img, channels)
-    if params.nuclei_channel in blank:
+    dna = img[channels.index(params.nuclei_channel)]
+    contrast = float("nan") if params.nuclei_channel in blank else otsu_contrast(dna, params.smooth_sigma)
+    low = params.min_contrast > 0 and params.nuclei_channel not in blank and not contrast >= params.min_contrast
+    if params.nuclei_channel in blank or low:
         empty = np.zeros(img.shape[1:], dtype=np.uint32)
         qc = {"Count_Nuclei": 0, "Count_Cells": 0, "Threshold_Nuclei": float("nan"),
-              "Threshold_Cells": float("nan"), "QC_Blank": True, "QC_BlankChannels": ",".join(blank)}
+              "Threshold_Cells": float("nan"), "QC_Blank": bool(blank), "QC_BlankChannels": ",".join(blank),
+              "Contrast_Nuclei": contrast, "QC_LowContrast": low}
         return empty, empty.copy(), qc
-    nuclei, tn = segment_nuclei(img[channels.index(params.nuclei_channel)], params)
+    nuclei, tn = segment_nuclei(dna, params)
     fgc = [c for c in cell_foreground_channels(channels, params) if c in channels and c not in blank]
     fgc = fgc or [params.cell_channel]
     cells, tc = segment_cells(img[channels.index(params.cell_channel)], nuclei, params,
                               foreground=[img[channels.index(c)] for c in fgc])
     qc = {"Count_Nuclei": int(nuclei.max()), "Count_Cells": int(len(np.unique(cells)) - 1),
           "Threshold_Nuclei": tn, "Threshold_Cells": tc,
-          "QC_Blank": bool(blank), "QC_BlankChannels": ",".join(blank)}
+          "QC_Blank": bool(blank), "QC_BlankChannels": ",".join(blank),
+          "Contrast_Nuclei": contrast, "QC_LowContrast": False}
     return nuclei, cells, qc
 
 
@@ -396,6 +408,9 @@ def run_segment(rows: pd.DataFrame, labels_out: str | os.PathLike, objects_out: 
             meta = site_meta(row)
             if qc["QC_Blank"]:
                 log.warning("segment: site %s has blank channel(s) %s", site_label(row), qc["QC_BlankChannels"])
+            if qc["QC_LowContrast"]:
+                log.warning("segment: site %s: %s contrast %.2f < min_contrast %.2f (noise only?): no objects",
+                            site_label(row), params.nuclei_channel, qc["Contrast_Nuclei"], params.min_contrast)
             qcs.append({**meta, "ImageNumber": i + 1, **qc})
             tables.append(object_table(nuc, cel, meta, image_number=i + 1))
         qc_df = pd.DataFrame(qcs)
