@@ -390,3 +390,14 @@ def test_cli_errors_cleanly(tmp_path, capsys):
                  "--dataset-dir", str(tmp_path / "ds")]) == 1
     assert main(["plate", "--dataset-dir", str(tmp_path / "nope"), "--plate", "SIMB1P1", "--images-dir", "x",
                  "--sheet", "x", "--masks", "x", "--illumination", "x", "--cells", "x"]) == 1
+
+
+def test_genes_per_complex_and_unexpressed_per_arm_from_config(tables):
+    p = resolve_params({"genes_per_complex": 3, "unexpressed_per_arm": 4, "n_unexpressed_genes": 8})
+    pert = make_design(p, *tables).perturbations
+    genes = pert[pert["Metadata_Modality"].eq("crispr")]
+    assert genes.groupby("Metadata_Complex").size().eq(3).all() and genes["Metadata_Complex"].nunique() == 8
+    unexp = genes[genes["Metadata_Expressed"].eq(False)]
+    assert len(unexp) == 8 and unexp.groupby("Metadata_Arm").size().eq(4).all()
+    with pytest.raises(MorphobenchError, match="genes_per_complex must be ≥ 2"):
+        resolve_params({"genes_per_complex": 1})

@@ -39,7 +39,7 @@ CONFIG_KEYS: tuple[str, ...] = (
     "preset", "seed", "n_batches", "plates_per_batch", "plate_format", "sites_per_well",
     "image_size", "brightfield", "cells_per_site", "n_complexes", "n_singleton_genes",
     "n_unexpressed_genes", "n_compounds", "n_moas", "negcon_wells_per_plate",
-    "phenotype_strength", "noise", "layout",
+    "phenotype_strength", "noise", "layout", "genes_per_complex", "unexpressed_per_arm",
 )
 
 #: Replicate layouts (``layout`` key): ``batch`` puts each treatment in one batch, its replicates
@@ -79,7 +79,6 @@ class SimParams:
     phenotype_strength: float = 1.0
     noise: float = 1.0
     layout: str = "batch"
-    # preset-only knobs (not in the config schema)
     genes_per_complex: int = 5
     unexpressed_per_arm: int = 5
     explicit: tuple[str, ...] = field(default=(), compare=False)
