@@ -382,7 +382,8 @@ def test_results_do_not_depend_on_threads(monkeypatch):
     pd.testing.assert_frame_equal(out[0][1], out[1][1])
 
 
-def test_map_groups_like_pandas_with_missing_keys():
+def test_map_groups_like_pandas_with_missing_keys(caplog):
+    caplog.set_level("WARNING", logger="morphobench")
     meta, x = screen(seed=24)
     ap = M.average_precision(meta, x, *REPLICATE_ARGS)
     ap.loc[[3, 10], "Metadata_Perturbation"] = None       # not grouped (pandas drops NaN keys)
@@ -393,6 +394,7 @@ def test_map_groups_like_pandas_with_missing_keys():
     assert list(map(tuple, res[["Metadata_Plate", "Metadata_Perturbation"]].to_numpy())) == list(sizes.index)
     np.testing.assert_array_equal(res["n_profiles"], sizes.to_numpy())
     np.testing.assert_array_equal(res["mean_average_precision"], ref["average_precision"].mean().to_numpy())
+    assert any("2 profile(s) with a missing" in r.getMessage() for r in caplog.records)  # said, not silent
 
 
 def test_replicate_retrieval_equals_copairs_recipe(tmp_path):

@@ -85,7 +85,7 @@ rule retrieval_part:
         mem_mb=4000,
         runtime=60,
     shell:
-        "python -m morphobench.evaluate retrieval --well {input.well} --pert {input.pert} "
+        "MORPHOBENCH_MAP_THREADS={threads} python -m morphobench.evaluate retrieval --well {input.well} --pert {input.pert} "
         "--key {params.key} --tasks {params.tasks} --out {output.table} --detail-dir {params.detail_dir} "
         "--null-size {params.null_size} --seed {params.seed} --threshold {params.threshold} "
         "--on-missing-negcon {params.on_missing} 2> {log}"

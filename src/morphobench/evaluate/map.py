@@ -879,7 +879,10 @@ def _n_threads() -> int:
     (at most 4)."""
     env = os.environ.get("MORPHOBENCH_MAP_THREADS", "").strip()
     if env:
-        return max(1, int(env))
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise MorphobenchError(f"MORPHOBENCH_MAP_THREADS must be an integer, got {env!r}") from None
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
@@ -1325,7 +1328,7 @@ def mean_average_precision(ap_df: pd.DataFrame, sameby: Sequence[str] | str,
     Columns: ``sameby…, n_profiles, n_evaluated, mean_average_precision,
     mean_normalized_average_precision, p_value, corrected_p_value, below_p, below_corrected_p,
     skip_reason``. Rows sorted by ``sameby`` (rows whose ``sameby`` value is missing are not
-    grouped, as in pandas/copairs).
+    grouped, as in pandas/copairs; a warning says how many).
     """
     sameby = _as_list(sameby)
     missing = [c for c in sameby if c not in ap_df.columns]
@@ -1335,6 +1338,9 @@ def mean_average_precision(ap_df: pd.DataFrame, sameby: Sequence[str] | str,
         raise MorphobenchError(f"null method must be 'fast' or 'copairs', got {method!r}")
     gid, keys = _group_codes(ap_df, sameby)             # groups sorted by sameby, as pandas
     n_groups = len(keys)
+    if (gid < 0).any():
+        log.warning("mAP: %d profile(s) with a missing %s value are in no group (as pandas/copairs)",
+                    int((gid < 0).sum()), "/".join(sameby))
     valid = _valid_mask(ap_df)
     ev = np.flatnonzero(valid & (gid >= 0))
     gid_ev = gid[ev]
