@@ -28,9 +28,9 @@ Choices where the papers are silent (ours, configurable):
   at most ``n_controls − 1``, so the trailing component(s) have (numerically) zero control variance
   and step 3 divides an arbitrary direction by ~1e-15, which then dominates every cosine. We drop
   the components whose control variance is below ``1e-10 ×`` the largest (logged); with
-  full-rank controls nothing is dropped and the result equals EFAAR's. Note: with the 0.5·I regularization, the controls of batch b end with
-  covariance ``C_b (C_b + 0.5 I)^−1`` (eigenvalues λ/(λ+0.5)), not exactly I; ``tvn_reg=0`` gives
-  whitening to I.
+  full-rank controls nothing is dropped and the result equals EFAAR's. Note: with the 0.5·I
+  regularization, the controls of batch b end with covariance ``C_b (C_b + 0.5 I)^−1``
+  (eigenvalues λ/(λ+0.5)), not exactly I; ``tvn_reg=0`` gives whitening to I.
 * **arm**: proxbias ``arm_centering`` (see :mod:`morphobench.correct.arm`).
 
 A plate/experiment without controls raises :class:`MorphobenchError` naming it.

@@ -54,6 +54,7 @@ import numpy as np
 import pandas as pd
 
 from morphobench.data.model import SITE_KEYS, sheet_channels
+from morphobench.images.cp_worker import SCALE_PER_SIGMA
 from morphobench.images.illum import IllumParams, effective_median_size, save_illum_png
 from morphobench.images.io import IllumFunctions, site_label, site_meta, site_paths
 from morphobench.images.segment import (
@@ -88,8 +89,6 @@ _CELL_METHODS = {"propagation": ("Propagation", False, False),
                  "membrane": ("Watershed - Image", False, True),
                  "gradient": ("Watershed - Image", True, True),
                  "distance": ("Distance - B", False, False)}
-#: CellProfiler's "threshold smoothing scale" s gives a Gaussian of σ = s / 0.6744 / 2
-_SCALE_PER_SIGMA = 2 * 0.6744
 
 
 # --------------------------------------------------------------------------------------------
@@ -433,7 +432,7 @@ def cp_segment_settings(params: SegmentParams, overrides: Mapping | None = None,
         "min_diameter": int(round(params.min_diameter)),
         "max_diameter": int(round(params.max_diameter)),
         "threshold_method": tm,
-        "threshold_smoothing_scale": params.smooth_sigma * _SCALE_PER_SIGMA,
+        "threshold_smoothing_scale": params.smooth_sigma * SCALE_PER_SIGMA,
         "threshold_correction_factor": params.threshold_correction,
         "unclump_method": _DECLUMP[params.declump],
         "watershed_method": _DECLUMP.get(lines, "None") if params.declump != "none" else "None",
@@ -449,7 +448,7 @@ def cp_segment_settings(params: SegmentParams, overrides: Mapping | None = None,
         "cells_invert": invert,
         "regularization_factor": float(params.propagation_lambda),
         "cells_threshold_method": ctm,
-        "cells_threshold_smoothing_scale": params.cell_smooth_sigma * _SCALE_PER_SIGMA,
+        "cells_threshold_smoothing_scale": params.cell_smooth_sigma * SCALE_PER_SIGMA,
         "cells_threshold_correction_factor": params.cell_threshold_correction,
         "cells_max_distance": (None if params.cell_max_distance is None
                                else float(params.cell_max_distance)),

@@ -61,6 +61,8 @@ ILLUM_DEFAULTS = {
     "rescale": "Yes",             # divide by the robust minimum (2nd percentile): function >= 1
     "skip_blank": True,           # constant images (e.g. an empty channel) are not averaged
 }
+#: CellProfiler's "threshold smoothing scale" s gives a Gaussian of σ = s / 0.6744 / 2
+SCALE_PER_SIGMA = 2 * 0.6744
 SEGMENT_DEFAULTS = {
     # GaussianFilter (σ, pixels) applied before IdentifyPrimaryObjects (nuclei image) and to each
     # cell-foreground channel before the composite is built (0: none; the threshold modules' own
@@ -70,7 +72,7 @@ SEGMENT_DEFAULTS = {
     # IdentifyPrimaryObjects (nuclei)
     "nuclei_channel": "DNA",
     # QC guard (not a CellProfiler setting): a site whose nuclei image has an Otsu contrast
-    # (otsu_contrast, σ = pre_smooth_sigma or threshold_smoothing_scale / 1.3488) below this gets
+    # (otsu_contrast, σ = pre_smooth_sigma or threshold_smoothing_scale / SCALE_PER_SIGMA) below this gets
     # no objects and low_contrast = true; 0 disables (CellProfiler would segment noise)
     "min_contrast": 0.0,
     "min_diameter": 8,            # "Typical diameter of objects" (pixels)
@@ -169,9 +171,9 @@ def otsu_contrast(img, sigma: float = 1.0) -> float:
         return float("nan")
     t = threshold_otsu(x)
     fg, bg = x[x > t], x[x <= t]
-    sd = float(bg.std())
     if fg.size == 0 or bg.size == 0:
         return float("nan")
+    sd = float(bg.std())
     return float("inf") if sd == 0 else float((fg.mean() - bg.mean()) / sd)
 
 
@@ -415,25 +417,24 @@ def segment_site(images: dict, p: dict, blank=()):
     settings, ``cells_foreground_channels`` resolved (a list).
 
     Return ``(nuclei, cells, info)``; int32 labels, cells numbered as their nucleus. A blank
-    nuclei image, or one whose Otsu contrast is below ``min_contrast``, gives no objects; a blank (constant) foreground composite gives cells = nuclei;
-    a blank cell channel propagates on a constant image (distance alone).
+    nuclei image, or one whose Otsu contrast is below ``min_contrast``, gives no objects; a blank
+    (constant) foreground composite gives cells = nuclei; a blank cell channel propagates on a
+    constant image (distance alone).
     """
     np = _np()
     from scipy import ndimage
 
     dna = images[p["nuclei_channel"]]
-    if p["nuclei_channel"] in blank:
+    dna_blank = p["nuclei_channel"] in blank
+    sigma = float(p["pre_smooth_sigma"]) or float(p["threshold_smoothing_scale"]) / SCALE_PER_SIGMA
+    contrast = float("nan") if dna_blank else otsu_contrast(dna, sigma)
+    low = not dna_blank and float(p["min_contrast"]) > 0 and not contrast >= float(p["min_contrast"])
+    qc = {"contrast": contrast, "low_contrast": low}
+    if dna_blank or low:
         z = np.zeros(dna.shape, np.int32)
-        return z, z.copy(), {"n": 0, "threshold_nuclei": float("nan"), "threshold_cells": float("nan"),
-                             "contrast": float("nan"), "low_contrast": False}
+        return z, z.copy(), {"n": 0, "threshold_nuclei": float("nan"), "threshold_cells": float("nan"), **qc}
     from cellprofiler_library.modules import gaussianfilter, identifyprimaryobjects, identifysecondaryobjects
 
-    sigma = float(p["pre_smooth_sigma"]) or float(p["threshold_smoothing_scale"]) / 1.3488
-    contrast = otsu_contrast(dna, sigma)
-    if float(p["min_contrast"]) > 0 and not contrast >= float(p["min_contrast"]):
-        z = np.zeros(dna.shape, np.int32)
-        return z, z.copy(), {"n": 0, "threshold_nuclei": float("nan"), "threshold_cells": float("nan"),
-                             "contrast": contrast, "low_contrast": True}
     if float(p["pre_smooth_sigma"]) > 0:
         dna = gaussianfilter(dna, float(p["pre_smooth_sigma"])).astype(np.float32)
     kw = {}
@@ -455,7 +456,6 @@ def segment_site(images: dict, p: dict, blank=()):
         return_cp_output=True, **kw)
     nuclei, unedited = res[0].astype(np.int32), res[1].astype(np.int32)
     nuc_threshold = float(res[12])
-    qc = {"contrast": contrast, "low_contrast": False}
     if nuclei.max() == 0:
         return nuclei, np.zeros_like(nuclei), {"n": 0, "threshold_nuclei": nuc_threshold,
                                                "threshold_cells": float("nan"), **qc}

@@ -279,9 +279,10 @@ def segment_site(img: np.ndarray, channels: Sequence[str], params: SegmentParams
             raise MorphobenchError(f"segmentation channel {ch!r} not among the site's channels {channels}")
     blank = list(blank) if blank is not None else blank_channels(img, channels)
     dna = img[channels.index(params.nuclei_channel)]
-    contrast = float("nan") if params.nuclei_channel in blank else otsu_contrast(dna, params.smooth_sigma)
-    low = params.min_contrast > 0 and params.nuclei_channel not in blank and not contrast >= params.min_contrast
-    if params.nuclei_channel in blank or low:
+    dna_blank = params.nuclei_channel in blank
+    contrast = float("nan") if dna_blank else otsu_contrast(dna, params.smooth_sigma)
+    low = not dna_blank and params.min_contrast > 0 and not contrast >= params.min_contrast
+    if dna_blank or low:
         empty = np.zeros(img.shape[1:], dtype=np.uint32)
         qc = {"Count_Nuclei": 0, "Count_Cells": 0, "Threshold_Nuclei": float("nan"),
               "Threshold_Cells": float("nan"), "QC_Blank": bool(blank), "QC_BlankChannels": ",".join(blank),
