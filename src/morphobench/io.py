@@ -172,12 +172,18 @@ def progress(iterable, **kw):
     return tqdm(iterable, **kw)
 
 
-def cli_exit(prog: str, fn, *args, **kwargs) -> int:
-    """Run a stage from a CLI: a :class:`MorphobenchError` becomes ``prog: error: …`` on stderr
-    and exit code 1 (no traceback for user errors); anything else propagates with its traceback."""
+def cli_exit(prog: str, fn, *args, error_code: int = 1, **kwargs) -> int:
+    """Run a CLI command; return its exit code. A :class:`MorphobenchError` is logged as
+    ``prog: error: …`` (no traceback for user errors) → ``error_code``; any other exception is
+    logged with its traceback → 1. Logging goes to stderr (the rule's ``log:``) and to the
+    ``--log`` file when :func:`setup_logging` was given one."""
+    log = logging.getLogger("morphobench")
     try:
         fn(*args, **kwargs)
     except MorphobenchError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        log.error("%s: error: %s", prog, err)
+        return error_code
+    except Exception:
+        log.exception("%s failed", prog)
         return 1
     return 0

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from morphobench.io import MorphobenchError, setup_logging
+from morphobench.io import MorphobenchError, cli_exit, setup_logging
 
 log = logging.getLogger("morphobench.data")
 
@@ -60,31 +60,27 @@ def _params(text: str) -> dict:
     return obj
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    setup_logging(args.log)
+def _run(args: argparse.Namespace) -> None:
     from morphobench.data import loaders
 
     t0 = time.perf_counter()
-    try:
-        if args.cmd == "keys":
-            for row in loaders.iter_loader_keys():
-                print(*map(str, row), sep="\t")
-            for k, (t, d, m) in loaders.PLATE_MAP_KEYS.items():
-                print("plate_map", k, t, d, m, sep="\t")
-            return 0
-        params = _params(args.params)
-        params.pop("loader", None)
-        loaders.build_sheet({"loader": args.loader, **params}, args.out_sheet, args.out_wells,
-                            dataset=args.dataset, resources_dir=args.resources_dir)
-    except MorphobenchError as err:
-        log.error("%s", err)
-        return 1
-    except Exception:
-        log.exception("morphobench.data %s failed", args.cmd)
-        return 1
+    if args.cmd == "keys":
+        for row in loaders.iter_loader_keys():
+            print(*map(str, row), sep="\t")
+        for k, (t, d, m) in loaders.PLATE_MAP_KEYS.items():
+            print("plate_map", k, t, d, m, sep="\t")
+        return
+    params = _params(args.params)
+    params.pop("loader", None)
+    loaders.build_sheet({"loader": args.loader, **params}, args.out_sheet, args.out_wells,
+                        dataset=args.dataset, resources_dir=args.resources_dir)
     log.info("%s done in %.1f s", args.cmd, time.perf_counter() - t0)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.log)
+    return cli_exit(f"morphobench.data {args.cmd}", _run, args)
 
 
 if __name__ == "__main__":

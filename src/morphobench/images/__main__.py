@@ -27,7 +27,7 @@ import json
 import logging
 import sys
 
-from morphobench.io import MorphobenchError, setup_logging, write_tsv
+from morphobench.io import MorphobenchError, cli_exit, setup_logging, write_tsv
 
 log = logging.getLogger("morphobench.images")
 
@@ -201,13 +201,7 @@ def run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.log)
-    try:
-        run(args)
-    except MorphobenchError as err:
-        log.error("%s", err)
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return cli_exit(f"morphobench.images {args.stage}", run, args, error_code=2)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from morphobench.io import MorphobenchError, setup_logging
+from morphobench.io import MorphobenchError, cli_exit, setup_logging
 
 log = logging.getLogger("morphobench.resources")
 
@@ -62,35 +62,31 @@ def _fetch_target(arg: str, resources_dir: Path):
     return package_spec(arg), resources_dir / "packages"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    setup_logging(args.log)
+def _run(args: argparse.Namespace) -> None:
     from morphobench import resources as R
 
     t0 = time.perf_counter()
-    try:
-        if args.cmd == "fetch":
-            targets = ([_fetch_target(p, args.resources_dir) for p in args.packages]
-                       if args.packages
-                       else [(s, args.resources_dir / "packages") for s in R.PACKAGES])
-            for spec, packages_dir in targets:
-                R.fetch_package(spec.name, spec.version, packages_dir, offline=args.offline)
-        elif args.cmd == "build":
-            for rel, res_dir in [_table_target(t, args.resources_dir) for t in args.tables]:
-                R.build_table(rel, res_dir, offline=args.offline)
-        elif args.cmd == "ensure":
-            R.ensure_all(args.resources_dir, offline=args.offline)
-        elif args.cmd == "list":
-            for t in R.RESOURCE_TABLES:
-                print(t, *(s.filename for s in R.table_packages(t)), sep="\t")
-    except MorphobenchError as err:
-        log.error("%s", err)
-        return 1
-    except Exception:
-        log.exception("morphobench.resources %s failed", args.cmd)
-        return 1
+    if args.cmd == "fetch":
+        targets = ([_fetch_target(p, args.resources_dir) for p in args.packages]
+                   if args.packages
+                   else [(s, args.resources_dir / "packages") for s in R.PACKAGES])
+        for spec, packages_dir in targets:
+            R.fetch_package(spec.name, spec.version, packages_dir, offline=args.offline)
+    elif args.cmd == "build":
+        for rel, res_dir in [_table_target(t, args.resources_dir) for t in args.tables]:
+            R.build_table(rel, res_dir, offline=args.offline)
+    elif args.cmd == "ensure":
+        R.ensure_all(args.resources_dir, offline=args.offline)
+    elif args.cmd == "list":
+        for t in R.RESOURCE_TABLES:
+            print(t, *(s.filename for s in R.table_packages(t)), sep="\t")
     log.info("%s done in %.1f s", args.cmd, time.perf_counter() - t0)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.log)
+    return cli_exit(f"morphobench.resources {args.cmd}", _run, args)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from morphobench.io import MorphobenchError, setup_logging
+from morphobench.io import cli_exit, setup_logging
 
 log = logging.getLogger("morphobench.simulate")
 
@@ -42,43 +42,42 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _run(args: argparse.Namespace) -> None:
+    if args.cmd in ("design", "run"):
+        section = json.loads(args.params)
+        if args.cmd == "run":
+            from morphobench.simulate import simulate_screen
+
+            simulate_screen(section, args.dataset_dir, resources_dir=args.resources_dir)
+        else:
+            from morphobench.simulate.design import load_resource_tables, make_design, write_design
+            from morphobench.simulate.params import resolve_params
+
+            params = resolve_params(section)
+            design = make_design(params, *load_resource_tables(args.resources_dir))
+            write_design(design, args.dataset_dir)
+            log.info("design: %d perturbations, %d wells on %d plates, %d replicates per treatment",
+                     len(design.perturbations), len(design.wells), params.n_plates, params.replicates)
+    elif args.cmd == "plate":
+        from morphobench.simulate.plate import simulate_plate
+
+        simulate_plate(args.dataset_dir, args.plate, images_dir=args.images_dir,
+                       sheet_path=args.sheet, masks_path=args.masks, illum_path=args.illumination,
+                       cells_path=args.cells)
+    elif args.cmd == "gather":
+        from morphobench.simulate.plate import gather_sheets
+
+        gather_sheets(args.sheets, args.out)
+    elif args.cmd == "example-sites":
+        from morphobench.simulate.example import example_sites_figure
+
+        example_sites_figure(args.dataset_dir, args.out)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.log)
-    try:
-        if args.cmd in ("design", "run"):
-            section = json.loads(args.params)
-            if args.cmd == "run":
-                from morphobench.simulate import simulate_screen
-
-                simulate_screen(section, args.dataset_dir, resources_dir=args.resources_dir)
-            else:
-                from morphobench.simulate.design import load_resource_tables, make_design, write_design
-                from morphobench.simulate.params import resolve_params
-
-                params = resolve_params(section)
-                design = make_design(params, *load_resource_tables(args.resources_dir))
-                write_design(design, args.dataset_dir)
-                log.info("design: %d perturbations, %d wells on %d plates, %d replicates per treatment",
-                         len(design.perturbations), len(design.wells), params.n_plates, params.replicates)
-        elif args.cmd == "plate":
-            from morphobench.simulate.plate import simulate_plate
-
-            simulate_plate(args.dataset_dir, args.plate, images_dir=args.images_dir,
-                           sheet_path=args.sheet, masks_path=args.masks, illum_path=args.illumination,
-                           cells_path=args.cells)
-        elif args.cmd == "gather":
-            from morphobench.simulate.plate import gather_sheets
-
-            gather_sheets(args.sheets, args.out)
-        elif args.cmd == "example-sites":
-            from morphobench.simulate.example import example_sites_figure
-
-            example_sites_figure(args.dataset_dir, args.out)
-    except MorphobenchError as err:
-        log.error("%s", err)
-        return 1
-    return 0
+    return cli_exit(f"morphobench.simulate {args.cmd}", _run, args)
 
 
 if __name__ == "__main__":
