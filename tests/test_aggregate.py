@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from morphobench.embed.aggregate import (
+from morphobench.data.aggregate import (
     COUNT_COL,
     aggregate,
     aggregate_perturbations,
@@ -95,3 +95,22 @@ def test_aggregate_errors():
     zero.loc[0, [f"f{i}" for i in range(5)]] = 0.0
     with pytest.raises(MorphobenchError, match="all-zero"):
         aggregate(zero, ["Metadata_Perturbation"], "spherical_mean")
+
+
+def test_nan_omit_equals_pandas_and_raise_names_the_column():
+    df = cells(seed=3)
+    df.loc[[0, 5, 6], "f1"] = np.nan
+    df.loc[7, "f2"] = np.inf
+    with pytest.raises(MorphobenchError, match="NaN/inf"):
+        aggregate_wells(df)
+    keys = ["Metadata_Plate", "Metadata_Well"]
+    for how in ("mean", "median"):
+        ours = aggregate_wells(df, how, nan="omit", count_col="Metadata_Count_Cells")
+        ref = getattr(df.replace(np.inf, np.nan).groupby(keys)[[f"f{i}" for i in range(5)]], how)().reset_index()
+        np.testing.assert_allclose(_x(ours), ref[[f"f{i}" for i in range(5)]].to_numpy(), rtol=1e-12)
+        assert "Metadata_Count_Cells" in ours and COUNT_COL not in ours
+    # a group whose values are all missing gives NaN, not 0
+    one = df[keys].drop_duplicates().iloc[0]
+    sel = (df["Metadata_Plate"] == one["Metadata_Plate"]) & (df["Metadata_Well"] == one["Metadata_Well"])
+    df.loc[sel, "f3"] = np.nan
+    assert np.isnan(aggregate_wells(df, nan="omit")["f3"].iloc[0])

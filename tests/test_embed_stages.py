@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from morphobench.data.model import CHANNELS, filename_col, pathname_col
+from morphobench.data.tables import CHANNELS, filename_col, pathname_col
 from morphobench.embed.baselines import pixel_stats_site
 from morphobench.embed.stages import gather_wells, pixel_stats_plate, random_method
 from morphobench.io import MorphobenchError

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from morphobench.data.model import validate_profiles
+from morphobench.data.tables import validate_profiles
 from morphobench.images.features import (
     FeatureParams,
-    aggregate_wells,
+    object_wells,
     cellprofiler_name,
     cp_measure_names,
     feature_group,
@@ -175,7 +175,7 @@ def test_aggregate_equals_pycytominer():
                         "ObjectNumber": np.arange(n), "Cells_AreaShape_Area": rng.normal(100, 10, n),
                         "Nuclei_Intensity_MeanIntensity_DNA": rng.random(n),
                         "Nuclei_Location_Center_X": rng.random(n)})
-    ours = aggregate_wells(obj)
+    ours = object_wells(obj)
     feats = profile_features(obj.columns)
     assert feats == ["Cells_AreaShape_Area", "Nuclei_Intensity_MeanIntensity_DNA"]
     ref = aggregate(obj, strata=["Metadata_Plate", "Metadata_Well"], features=feats, operation="median")

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from morphobench.data.model import filename_col, pathname_col
+from morphobench.data.tables import filename_col, pathname_col
 from morphobench.images.illum import IllumParams, run_illum
 from morphobench.images.io import IllumFunctions, load_sheet, params_from, read_image, read_site
 from morphobench.images.segment import SegmentParams, run_segment

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from morphobench.data.model import CHANNELS
+from morphobench.data.tables import CHANNELS
 from morphobench.images.cp_worker import otsu_contrast
 from morphobench.images.segment import (
     SegmentParams,
@@ -224,7 +224,7 @@ def test_constant_raw_dna_is_blank_even_after_illumination_correction(tmp_path):
     dividing by the illumination function makes it non-constant."""
     import tifffile
 
-    from morphobench.data.model import CHANNELS, filename_col, pathname_col
+    from morphobench.data.tables import CHANNELS, filename_col, pathname_col
     from morphobench.images.io import IllumFunctions
     from morphobench.images.segment import SegmentParams, run_segment
 

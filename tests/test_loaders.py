@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from morphobench.data import loaders as L
-from morphobench.data.model import (
+from morphobench.data.tables import (
     CHANNELS,
     filename_col,
     pathname_col,

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from scipy import ndimage as ndi
 
-from morphobench.data.model import (
+from morphobench.data.tables import (
     CHANNELS,
     JUMP_CHANNEL_NUMBERS,
     filename_col,

@@ -187,3 +187,21 @@ def cli_exit(prog: str, fn, *args, error_code: int = 1, **kwargs) -> int:
         log.exception("%s failed", prog)
         return 1
     return 0
+
+
+def load_json_arg(text: str, what: str = "--spec") -> dict:
+    """A JSON object given on the command line, or ``@file.json`` (empty: ``{}``); errors name
+    the option."""
+    text = (text or "").strip()
+    if not text:
+        return {}
+    try:
+        if text.startswith("@"):
+            with open(text[1:]) as fh:
+                text = fh.read()
+        d = json.loads(text)
+    except (OSError, json.JSONDecodeError) as err:
+        raise MorphobenchError(f"{what} is not valid JSON: {err}") from err
+    if not isinstance(d, dict):
+        raise MorphobenchError(f"{what} must be a JSON object")
+    return d

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from morphobench.data.model import validate_image_sheet, validate_plate_map
+from morphobench.data.tables import validate_image_sheet, validate_plate_map
 
 pytestmark = pytest.mark.workflow
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from morphobench.data.model import feature_columns
+from morphobench.data.tables import feature_columns
 from morphobench.io import MorphobenchError
 
 log = logging.getLogger("morphobench.correct.arm")

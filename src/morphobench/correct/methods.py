@@ -44,7 +44,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from morphobench.data.model import metadata_columns, validate_profiles
+from morphobench.data.tables import DEFAULT_CONTROL_QUERY, control_mask, metadata_columns, validate_profiles
 from morphobench.io import MorphobenchError
 
 log = logging.getLogger("morphobench.correct")
@@ -53,7 +53,6 @@ CORRECTIONS: tuple[str, ...] = (
     "none", "pca", "center_plate", "center_experiment", "standardize_plate", "standardize_experiment",
     "pca_standardize_plate", "pca_standardize_experiment", "tvn", "arm",
 )
-DEFAULT_CONTROL_QUERY = 'Metadata_PertType == "negcon"'
 #: TVN: PCA components with control variance below this fraction of the largest are dropped.
 RANK_TOL = 1e-10
 
@@ -61,26 +60,6 @@ __all__ = [
     "CORRECTIONS", "DEFAULT_CONTROL_QUERY", "apply_correction", "control_mask", "center_by",
     "standardize_by", "pca_transform", "tvn_on_controls", "inverse_sqrt_psd",
 ]
-
-
-def control_mask(df: pd.DataFrame, query: str | None = DEFAULT_CONTROL_QUERY,
-                 mask: np.ndarray | pd.Series | None = None, *, source: str = "profiles") -> np.ndarray:
-    """Boolean mask of control rows from an explicit ``mask`` or a pandas ``query`` string."""
-    if mask is not None:
-        m = np.asarray(mask, dtype=bool)
-        if m.shape != (len(df),):
-            raise MorphobenchError(f"{source}: control mask has shape {m.shape}, expected ({len(df)},)")
-    else:
-        if not query:
-            raise MorphobenchError(f"{source}: no control definition (query or mask)")
-        try:
-            idx = df.query(query).index
-        except Exception as err:
-            raise MorphobenchError(f"{source}: bad control query {query!r}: {err}") from err
-        m = df.index.isin(idx)
-    if not m.any():
-        raise MorphobenchError(f"{source}: no control rows (query {query!r})")
-    return m
 
 
 def _scale(sd: np.ndarray) -> np.ndarray:

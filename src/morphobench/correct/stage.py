@@ -18,8 +18,9 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from morphobench.correct.methods import CORRECTIONS, DEFAULT_CONTROL_QUERY, apply_correction
-from morphobench.embed.aggregate import aggregate_perturbations, center_on_controls
+from morphobench.correct.methods import CORRECTIONS, apply_correction
+from morphobench.data.tables import DEFAULT_CONTROL_QUERY, gene_rows
+from morphobench.data.aggregate import aggregate_perturbations, center_on_controls
 from morphobench.io import MorphobenchError, read_table, write_parquet
 
 log = logging.getLogger("morphobench.correct")
@@ -34,14 +35,6 @@ def parse_correction(name: str) -> tuple[str, bool]:
         choices = [c for c in CORRECTIONS if c != "arm"]
         raise MorphobenchError(f"unknown correction {name!r}: use one of {choices}, optionally with '+arm'")
     return base, arm
-
-
-def gene_rows(df: pd.DataFrame) -> pd.Series:
-    """CRISPR gene perturbations: treatments with a gene and no compound."""
-    is_trt = df["Metadata_PertType"].eq("trt") if "Metadata_PertType" in df else True
-    has_gene = df["Metadata_Gene"].notna() if "Metadata_Gene" in df else False
-    no_cpd = df["Metadata_Compound"].isna() if "Metadata_Compound" in df else True
-    return pd.Series(is_trt & has_gene & no_cpd, index=df.index)
 
 
 def correct_profiles(wells: pd.DataFrame, correction: str, *, aggregation: str = "mean",

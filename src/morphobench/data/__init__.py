@@ -1,6 +1,6 @@
 """Data model and loaders: every source (simulated, JUMP, RxRx, BBBC) becomes the same image sheet."""
 
-from morphobench.data.model import (  # noqa: F401
+from morphobench.data.tables import (  # noqa: F401
     CHANNELS,
     JUMP_CHANNEL_NUMBERS,
     PLATE_MAP_REQUIRED,

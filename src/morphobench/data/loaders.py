@@ -19,9 +19,9 @@ One entry point, :func:`build_sheet`, dispatches on ``ds_cfg["loader"]``:
     compound annotations) — image sheet and plate map in one file.
 
 Every loader returns a :class:`LoadResult`: the sheet (validated with
-:func:`~morphobench.data.model.validate_image_sheet`), the plate map when the layout or the
+:func:`~morphobench.data.tables.validate_image_sheet`), the plate map when the layout or the
 ``plate_map`` option provides one (validated with
-:func:`~morphobench.data.model.validate_plate_map`), and a report of what was skipped.
+:func:`~morphobench.data.tables.validate_plate_map`), and a report of what was skipped.
 Wells are normalised to ``A01`` (``A1``, ``a01``, ``r01c01`` accepted).
 
 Nothing is dropped silently: files that do not match a pattern, images of channels that are not
@@ -46,7 +46,7 @@ from typing import Any
 
 import pandas as pd
 
-from morphobench.data.model import (
+from morphobench.data.tables import (
     CHANNELS,
     PLATE_MAP_REQUIRED,
     SITE_KEYS,

@@ -19,7 +19,7 @@ import hashlib
 import numpy as np
 import pandas as pd
 
-from morphobench.data.model import CHANNELS
+from morphobench.data.tables import CHANNELS
 from morphobench.io import MorphobenchError
 
 PIXEL_STATS = ("mean", "std", "median", "p05", "p95", "frac_above_otsu")

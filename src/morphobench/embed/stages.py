@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from morphobench.data.model import WELL_KEYS, feature_columns, validate_plate_map
-from morphobench.embed.aggregate import aggregate_wells
+from morphobench.data.tables import WELL_KEYS, feature_columns, validate_plate_map
+from morphobench.data.aggregate import aggregate_wells
 from morphobench.embed.baselines import pixel_stats_site, random_profiles
 from morphobench.io import MorphobenchError, progress, read_table, write_parquet, write_tsv
 
@@ -80,7 +80,7 @@ def pixel_stats_plate(sheet_path: str | os.PathLike, plate: str, out: str | os.P
                       illum_path: str | os.PathLike | None = None,
                       channels: Sequence[str] | None = None) -> None:
     """30 pixel statistics for every site of one plate → site-level parquet."""
-    from morphobench.data.model import CHANNELS, SITE_KEYS
+    from morphobench.data.tables import CHANNELS, SITE_KEYS
     from morphobench.images.io import load_illum, load_sheet, read_site
 
     rows = load_sheet(sheet_path, plate=plate)

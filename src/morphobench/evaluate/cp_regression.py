@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from morphobench.data.model import feature_columns, validate_profiles
+from morphobench.data.tables import feature_columns, validate_profiles
 from morphobench.io import MorphobenchError
 
 CP_CATEGORIES = ("AreaShape", "Intensity", "Texture", "RadialDistribution", "Granularity",

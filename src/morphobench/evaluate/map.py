@@ -122,7 +122,7 @@ from itertools import combinations, pairwise
 import numpy as np
 import pandas as pd
 
-from morphobench.data.model import feature_columns, metadata_columns
+from morphobench.data.tables import feature_columns, metadata_columns
 from morphobench.io import MorphobenchError, progress
 
 log = logging.getLogger("morphobench.evaluate.map")

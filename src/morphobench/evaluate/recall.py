@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from morphobench.data.model import feature_columns
+from morphobench.data.tables import feature_columns
 from morphobench.io import MorphobenchError, progress
 
 log = logging.getLogger("morphobench.evaluate.recall")

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from morphobench.correct.stage import gene_rows
+from morphobench.data.tables import gene_rows
 from morphobench.io import MorphobenchError, read_table, write_parquet, write_provenance, write_tsv
 
 log = logging.getLogger("morphobench.evaluate")

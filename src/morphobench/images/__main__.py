@@ -23,11 +23,10 @@ features a ``"preset"`` key picks ``fast|full|minimal`` first), ``--log FILE``, 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 
-from morphobench.io import MorphobenchError, cli_exit, setup_logging, write_tsv
+from morphobench.io import MorphobenchError, cli_exit, load_json_arg, setup_logging, write_tsv
 
 log = logging.getLogger("morphobench.images")
 
@@ -105,24 +104,10 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _load_params(text: str) -> dict:
-    text = (text or "").strip()
-    if text.startswith("@"):
-        with open(text[1:]) as fh:
-            text = fh.read()
-    try:
-        d = json.loads(text) if text else {}
-    except json.JSONDecodeError as err:
-        raise MorphobenchError(f"--params is not valid JSON: {err}") from err
-    if not isinstance(d, dict):
-        raise MorphobenchError("--params must be a JSON object")
-    return d
-
-
 def run(args: argparse.Namespace) -> None:
     from morphobench.images.io import load_illum, load_sheet, params_from
 
-    raw = _load_params(args.params)
+    raw = load_json_arg(args.params, "--params")
     if args.stage == "illum":
         from morphobench.images.illum import IllumParams, run_illum
 
@@ -174,11 +159,11 @@ def run(args: argparse.Namespace) -> None:
         sheet = materialize_plate(rows, load_illum(args.illum), args.out_dir, args.out_sheet, root=args.root)
         log.info("apply-illum: plate %s: %d sites written to %s", args.plate, len(sheet), args.out_dir)
     elif args.stage == "wells":
-        from morphobench.images.features import aggregate_wells, read_plate_map
+        from morphobench.images.features import object_wells, read_plate_map
         from morphobench.io import read_table, write_parquet
 
         objects = read_table(args.objects, what="object-level features")
-        wells = aggregate_wells(objects, args.how, plate_map=read_plate_map(args.plate_map))
+        wells = object_wells(objects, args.how, plate_map=read_plate_map(args.plate_map))
         write_parquet(wells, args.out)
         log.info("wells: %d wells from %d objects", len(wells), len(objects))
     elif args.stage == "gather-crops":

@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from morphobench.data.model import SITE_KEYS, sheet_channels
+from morphobench.data.tables import SITE_KEYS, sheet_channels
 from morphobench.images.cp_worker import SCALE_PER_SIGMA
 from morphobench.images.illum import IllumParams, effective_median_size, save_illum_png
 from morphobench.images.io import IllumFunctions, site_label, site_meta, site_paths

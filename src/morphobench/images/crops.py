@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from morphobench.data.model import SITE_KEYS, sheet_channels
+from morphobench.data.tables import SITE_KEYS, sheet_channels
 from morphobench.images.io import IllumFunctions, read_site, site_label
 from morphobench.images.segment import open_labels
 from morphobench.io import MorphobenchError, atomic_path, progress, read_table, write_parquet

@@ -41,7 +41,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from morphobench.data.model import SITE_KEYS, sheet_channels
+from morphobench.data.aggregate import aggregate_wells
+from morphobench.data.tables import SITE_KEYS, sheet_channels
 from morphobench.images.io import IllumFunctions, read_site, site_label, site_meta
 from morphobench.images.segment import open_labels
 from morphobench.io import MorphobenchError, progress, read_table, write_parquet
@@ -395,7 +396,7 @@ def run_features(rows: pd.DataFrame, labels: str | os.PathLike, objects_out: str
     write_parquet(objects, objects_out)
     wells = None
     if wells_out is not None:
-        wells = aggregate_wells(objects, how=params.aggregate, plate_map=plate_map)
+        wells = object_wells(objects, how=params.aggregate, plate_map=plate_map)
         write_parquet(wells, wells_out)
     return objects, wells
 
@@ -407,19 +408,16 @@ def profile_features(columns: Sequence[str]) -> list[str]:
             and not pat.search(c)]
 
 
-def aggregate_wells(objects: pd.DataFrame, how: str = "median",
-                    plate_map: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Well-level profiles: ``how`` (median/mean) of each profile feature over the well's objects
-    (NaN ignored), the site keys above the well dropped, ``Metadata_Count_Cells`` added; with a
+def object_wells(objects: pd.DataFrame, how: str = "median",
+                 plate_map: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Well-level CellProfiler profiles: the profile features of the objects (no ids, positions)
+    aggregated per well by :func:`morphobench.data.aggregate.aggregate_wells` (``how`` = median or
+    mean, NaN ignored), site keys above the well kept, ``Metadata_Count_Cells`` added; with a
     plate map its ``Metadata_*`` columns are merged on plate and well."""
-    if how not in ("median", "mean"):
-        raise MorphobenchError(f"unknown aggregation {how!r}; use median|mean")
-    keys = ["Metadata_Source", "Metadata_Batch", "Metadata_Plate", "Metadata_Well"]
-    keys = [k for k in keys if k in objects.columns]
-    feats = profile_features(objects.columns)
-    g = objects.groupby(keys, sort=True, observed=True)
-    prof = getattr(g[feats], how)().reset_index() if feats else g.size().reset_index()[keys]
-    prof.insert(len(keys), "Metadata_Count_Cells", g.size().to_numpy().astype(np.int64))
+    keys = [k for k in ("Metadata_Source", "Metadata_Batch", "Metadata_Plate", "Metadata_Well")
+            if k in objects.columns]
+    prof = aggregate_wells(objects[keys + profile_features(objects.columns)], how, keys=keys, nan="omit",
+                           count_col="Metadata_Count_Cells", source="CellProfiler objects")
     if plate_map is not None:
         extra = [c for c in plate_map.columns if c.startswith("Metadata_") and c not in prof.columns]
         pm = plate_map[["Metadata_Plate", "Metadata_Well"] + extra]

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from morphobench.data.model import sheet_channels
+from morphobench.data.tables import sheet_channels
 from morphobench.images.io import IllumFunctions, blank_channels, read_site, site_label
 from morphobench.io import MorphobenchError, atomic_path, progress, write_parquet
 
@@ -210,7 +210,7 @@ def materialize_plate(rows: pd.DataFrame, illum: IllumFunctions, out_dir: str | 
     """
     import tifffile
 
-    from morphobench.data.model import filename_col, pathname_col
+    from morphobench.data.tables import filename_col, pathname_col
     from morphobench.images.io import site_paths
 
     channels = [c for c in sheet_channels(rows) if c in illum]

@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from morphobench.data.model import (
+from morphobench.data.tables import (
     SITE_KEYS,
     filename_col,
     pathname_col,
     sheet_channels,
     validate_image_sheet,
 )
-from morphobench.io import MorphobenchError, atomic_path, read_table
+from morphobench.io import MorphobenchError, atomic_path, load_json_arg, read_table
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -250,13 +250,7 @@ def params_from(cls, params: Mapping[str, Any] | str | None = None, **overrides)
     Unknown keys raise :class:`MorphobenchError` listing the allowed ones.
     """
     if isinstance(params, str):
-        text = params.strip()
-        if text.startswith("@"):
-            text = Path(text[1:]).read_text()
-        try:
-            params = json.loads(text) if text else {}
-        except json.JSONDecodeError as err:
-            raise MorphobenchError(f"--params is not valid JSON: {err}") from err
+        params = load_json_arg(params, "--params")
     merged = dict(params or {})
     merged.update(overrides)
     names = {f.name for f in fields(cls)}

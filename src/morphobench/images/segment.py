@@ -53,7 +53,7 @@ from scipy import ndimage
 from skimage import filters, measure, morphology, segmentation
 from skimage.feature import peak_local_max
 
-from morphobench.data.model import SITE_KEYS, sheet_channels
+from morphobench.data.tables import SITE_KEYS, sheet_channels
 from morphobench.images.cp_worker import otsu_contrast
 from morphobench.images.io import (
     IllumFunctions,

@@ -20,7 +20,7 @@ import pandas as pd
 from scipy import ndimage
 from skimage import measure
 
-from morphobench.data.model import CHANNELS, filename_col, pathname_col
+from morphobench.data.tables import CHANNELS, filename_col, pathname_col
 
 
 def illumination_field(shape: tuple[int, int], rng: np.random.Generator, strength: float = 0.5) -> np.ndarray:

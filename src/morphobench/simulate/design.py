@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from morphobench.data.model import validate_plate_map, well_name
+from morphobench.data.tables import validate_plate_map, well_name
 from morphobench.io import MorphobenchError, atomic_path, write_parquet
 from morphobench.simulate.params import N_POSCON, SimParams
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from morphobench.data.model import filename_col, pathname_col, sheet_channels
+from morphobench.data.tables import filename_col, pathname_col, sheet_channels
 from morphobench.io import MorphobenchError, atomic_path
 
 

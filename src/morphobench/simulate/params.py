@@ -86,7 +86,7 @@ class SimParams:
     # ----------------------------------------------------------------- derived quantities
     @property
     def channels(self) -> tuple[str, ...]:
-        from morphobench.data.model import CHANNELS
+        from morphobench.data.tables import CHANNELS
 
         return CHANNELS + (("Brightfield",) if self.brightfield else ())
 

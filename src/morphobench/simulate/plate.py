@@ -4,7 +4,7 @@ Outputs of :func:`simulate_plate` (paths are arguments; the workflow uses these)
 ------------------------------------------------------------------------------
 ``results/{dataset}/images/{plate}/Images/r01c01f01p01-ch5sk1fk1fl1.tiff``
     one uncompressed 16-bit TIFF per site × channel; ``rRRcCCfFF`` = 1-based row, column, site,
-    ``chN`` = JUMP channel number (:data:`~morphobench.data.model.JUMP_CHANNEL_NUMBERS`:
+    ``chN`` = JUMP channel number (:data:`~morphobench.data.tables.JUMP_CHANNEL_NUMBERS`:
     Mito 1, AGP 2, RNA 3, ER 4, DNA 5, Brightfield 6).
 ``results/{dataset}/images/{plate}/sheet.parquet``
     the plate's rows of the image sheet (PathName is the image folder as passed, i.e. relative to
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from morphobench.data.model import (
+from morphobench.data.tables import (
     JUMP_CHANNEL_NUMBERS,
     filename_col,
     parse_well,

@@ -20,10 +20,11 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from morphobench.data.model import metadata_columns, validate_profiles
+from morphobench.data.tables import DEFAULT_CONTROL_QUERY, metadata_columns, validate_profiles
+from morphobench.data.tables import control_mask as _control_mask
 from morphobench.io import MorphobenchError
 
-log = logging.getLogger("morphobench.embed.aggregate")
+log = logging.getLogger("morphobench.data.aggregate")
 
 METHODS: tuple[str, ...] = ("mean", "median", "spherical_mean")
 COUNT_COL = "Metadata_Count"
@@ -47,9 +48,16 @@ def spherical_mean(x: np.ndarray) -> np.ndarray:
 
 
 def aggregate(df: pd.DataFrame, by: Sequence[str], method: str = "mean", *,
-              source: str = "profiles") -> pd.DataFrame:
+              nan: str = "raise", count_col: str = COUNT_COL, source: str = "profiles") -> pd.DataFrame:
     """One row per unique ``by`` combination: features aggregated by ``method``; metadata columns
-    constant within every group kept; ``Metadata_Count`` added. Rows sorted by ``by``."""
+    constant within every group kept; ``count_col`` (rows aggregated) added. Rows sorted by ``by``.
+
+    ``nan="raise"`` (profiles) refuses NaN/inf features, naming the column; ``nan="omit"``
+    (object-level CellProfiler measurements, where e.g. a correlation can be undefined) ignores
+    non-finite values per feature and group, as pandas/pycytominer do (a group without any finite
+    value gives NaN)."""
+    if nan not in ("raise", "omit"):
+        raise MorphobenchError(f"aggregate: nan must be 'raise' or 'omit', got {nan!r}")
     if method not in METHODS:
         raise MorphobenchError(f"unknown aggregation {method!r}; choose from {list(METHODS)}")
     by = [by] if isinstance(by, str) else list(by)
@@ -59,22 +67,39 @@ def aggregate(df: pd.DataFrame, by: Sequence[str], method: str = "mean", *,
     nulls = [c for c in by if df[c].isna().any()]
     if nulls:
         raise MorphobenchError(f"{source}: aggregation column(s) {nulls} have missing values")
-    feats = validate_profiles(df, source)
+    if nan == "raise":
+        feats = validate_profiles(df, source)
+    else:
+        feats = [c for c in df.columns if not c.startswith("Metadata_")]
+        nonnum = [c for c in feats if not pd.api.types.is_numeric_dtype(df[c])]
+        if nonnum:
+            raise MorphobenchError(f"{source}: non-numeric feature column(s) {nonnum[:5]}")
     df = df.reset_index(drop=True)
     codes, keys = pd.MultiIndex.from_frame(df[by]).factorize(sort=True)
     n_groups = len(keys)
     x = df[feats].to_numpy(dtype=np.float64, copy=True)
+    if nan == "omit":
+        x[~np.isfinite(x)] = np.nan
     order = np.argsort(codes, kind="stable")
     sizes = np.bincount(codes, minlength=n_groups)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    if method == "mean":
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]) if n_groups else np.zeros(0, np.int64)
+    if n_groups == 0:
+        agg = np.zeros((0, len(feats)))
+    elif method == "mean" and nan == "omit":
+        finite = ~np.isnan(x[order])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            agg = (np.add.reduceat(np.where(finite, x[order], 0.0), starts, axis=0)
+                   / np.add.reduceat(finite, starts, axis=0))
+    elif method == "mean":
         agg = np.add.reduceat(x[order], starts, axis=0) / sizes[:, None]
+    elif method == "spherical_mean" and nan == "omit":
+        raise MorphobenchError(f"{source}: spherical_mean needs complete profiles (nan='raise')")
     elif method == "median":
         agg = pd.DataFrame(x).groupby(codes).median().to_numpy()
     else:  # spherical mean
         agg = l2_normalize(np.add.reduceat(l2_normalize(x)[order], starts, axis=0) / sizes[:, None])
     # metadata constant within every group
-    meta_cols = [c for c in metadata_columns(df) if c not in by and c != COUNT_COL]
+    meta_cols = [c for c in metadata_columns(df) if c not in by and c != count_col]
     keep, dropped = [], []
     for c in meta_cols:
         per = df[c].groupby(codes).nunique(dropna=False)
@@ -85,22 +110,23 @@ def aggregate(df: pd.DataFrame, by: Sequence[str], method: str = "mean", *,
     out = pd.DataFrame({c: keys.get_level_values(i) for i, c in enumerate(by)})
     for c in keep:
         out[c] = df[c].to_numpy()[first]
-    if COUNT_COL in df.columns:
-        out[COUNT_COL] = df[COUNT_COL].groupby(codes).sum().to_numpy()
+    if count_col in df.columns:
+        out[count_col] = df[count_col].groupby(codes).sum().to_numpy()
     else:
-        out[COUNT_COL] = np.bincount(codes, minlength=n_groups)
+        out[count_col] = np.bincount(codes, minlength=n_groups).astype(np.int64)
     dtype = np.float32 if all(df[c].dtype == np.float32 for c in feats) else np.float64
     feat_df = pd.DataFrame(agg.astype(dtype), columns=feats)
     return pd.concat([out, feat_df], axis=1)
 
 
 def aggregate_wells(df: pd.DataFrame, method: str = "mean", *,
-                    keys: Sequence[str] = ("Metadata_Plate", "Metadata_Well"),
-                    source: str = "profiles") -> pd.DataFrame:
-    """Cell/tile → well (``mean`` or ``median``)."""
+                    keys: Sequence[str] = ("Metadata_Plate", "Metadata_Well"), nan: str = "raise",
+                    count_col: str = COUNT_COL, source: str = "profiles") -> pd.DataFrame:
+    """Cell/tile/site → well (``mean`` or ``median``): the one well aggregation of every method
+    (embeddings, pixel statistics, CellProfiler objects with ``nan="omit"``)."""
     if method not in ("mean", "median"):
         raise MorphobenchError(f"well aggregation must be mean or median, got {method!r}")
-    return aggregate(df, list(keys), method, source=source)
+    return aggregate(df, list(keys), method, nan=nan, count_col=count_col, source=source)
 
 
 def aggregate_perturbations(df: pd.DataFrame, method: str = "mean", *,
@@ -109,16 +135,14 @@ def aggregate_perturbations(df: pd.DataFrame, method: str = "mean", *,
     return aggregate(df, [pert_col], method, source=source)
 
 
-def center_on_controls(df: pd.DataFrame, *, control_query: str | None = 'Metadata_PertType == "negcon"',
+def center_on_controls(df: pd.DataFrame, *, control_query: str | None = DEFAULT_CONTROL_QUERY,
                        control_mask: np.ndarray | None = None, by: str | Sequence[str] | None = None,
                        source: str = "profiles") -> pd.DataFrame:
     """Subtract the negative-control mean (over all rows, or per ``by`` group) from every row, so
     that cosines are taken with the origin at the control mean."""
-    from morphobench.correct.methods import control_mask as _ctrl
-
     feats = validate_profiles(df, source)
     df = df.reset_index(drop=True)
-    ctrl = _ctrl(df, control_query, control_mask, source=source)
+    ctrl = _control_mask(df, control_query, control_mask, source=source)
     x = df[feats].to_numpy(dtype=np.float64, copy=True)
     if by is None:
         x = x - x[ctrl].mean(axis=0)

@@ -34,6 +34,8 @@ PLATE_MAP_REQUIRED: tuple[str, ...] = ("Metadata_Plate", "Metadata_Well", "Metad
 PLATE_MAP_OPTIONAL: tuple[str, ...] = ("Metadata_Gene", "Metadata_Target", "Metadata_MoA",
                                        "Metadata_Compound", "Metadata_CellType")
 PERT_TYPES: frozenset[str] = frozenset({"trt", "negcon", "poscon"})
+#: Rows that are negative controls (a pandas query over a profile table).
+DEFAULT_CONTROL_QUERY = 'Metadata_PertType == "negcon"'
 
 
 def filename_col(channel: str) -> str:
@@ -140,3 +142,31 @@ def validate_profiles(df: pd.DataFrame, source: str = "<profiles>",
         raise MorphobenchError(
             f"profiles {source}: {int((~finite).sum())} NaN/inf value(s), e.g. (column, row) {examples}")
     return feats
+
+
+def control_mask(df: pd.DataFrame, query: str | None = DEFAULT_CONTROL_QUERY,
+                 mask: np.ndarray | pd.Series | None = None, *, source: str = "profiles") -> np.ndarray:
+    """Boolean mask of control rows from an explicit ``mask`` or a pandas ``query`` string."""
+    if mask is not None:
+        m = np.asarray(mask, dtype=bool)
+        if m.shape != (len(df),):
+            raise MorphobenchError(f"{source}: control mask has shape {m.shape}, expected ({len(df)},)")
+    else:
+        if not query:
+            raise MorphobenchError(f"{source}: no control definition (query or mask)")
+        try:
+            idx = df.query(query).index
+        except Exception as err:
+            raise MorphobenchError(f"{source}: bad control query {query!r}: {err}") from err
+        m = df.index.isin(idx)
+    if not m.any():
+        raise MorphobenchError(f"{source}: no control rows (query {query!r})")
+    return m
+
+
+def gene_rows(df: pd.DataFrame) -> pd.Series:
+    """CRISPR gene perturbations: treatments with a gene and no compound."""
+    is_trt = df["Metadata_PertType"].eq("trt") if "Metadata_PertType" in df else True
+    has_gene = df["Metadata_Gene"].notna() if "Metadata_Gene" in df else False
+    no_cpd = df["Metadata_Compound"].isna() if "Metadata_Compound" in df else True
+    return pd.Series(is_trt & has_gene & no_cpd, index=df.index)
