@@ -20,10 +20,14 @@ include: "workflow/rules/resources.smk"
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/images.smk"
+include: "workflow/rules/train.smk"
 include: "workflow/rules/embed.smk"
 include: "workflow/rules/correct.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/teams.smk"
+include: "workflow/rules/mae.smk"
+include: "workflow/rules/campfire.smk"
 
 
 rule all:

@@ -79,7 +79,12 @@ def test_bad_input_is_rejected_with_clear_errors():
     bad.loc[3, "e2"] = np.nan
     with pytest.raises(MorphobenchError, match="NaN"):
         cp_regression(bad, cp, split)
-    with pytest.raises(MorphobenchError, match="only one of"):
-        cp_regression(emb.iloc[:-5], cp, split)
+    # wells missing from one table (a cell-level method without crops in a well): the wells both
+    # tables have are used, and the counts say so
+    part = cp_regression(emb.iloc[:-5], cp, split)
+    full = cp_regression(emb, cp, split)
+    assert (part["n_train"] + part["n_test"]).max() == (full["n_train"] + full["n_test"]).max() - 5
+    with pytest.raises(MorphobenchError, match="share no well"):
+        cp_regression(emb.assign(Metadata_Well="Z99", Metadata_Plate=emb["Metadata_Plate"] + "x").iloc[:1], cp, split)
     with pytest.raises(MorphobenchError, match="not in the split"):
         cp_regression(emb, cp, split.iloc[1:])

@@ -128,12 +128,14 @@ def package_versions(names: tuple[str, ...] = ("numpy", "pandas", "scipy", "scik
     return out
 
 
-def write_provenance(table_path: str | os.PathLike, config: Any = None, *, config_digest: str | None = None) -> Path:
+def write_provenance(table_path: str | os.PathLike, config: Any = None, *, config_digest: str | None = None,
+                     methods: Any = None) -> Path:
     """Write ``<table>.provenance.json`` beside a results table: config hash, versions, commit.
 
     ``config_digest`` (from :func:`config_hash`, e.g. computed by the Snakefile) is used as is;
-    otherwise the hash of ``config``. Contains no timestamps, so the same config gives
-    byte-identical sidecars.
+    otherwise the hash of ``config``. ``methods`` (``morphobench.methods.provenance``) records what
+    each method is — e.g. a network with random weights says so. Contains no timestamps, so the
+    same config gives byte-identical sidecars.
     """
     import morphobench
 
@@ -147,6 +149,8 @@ def write_provenance(table_path: str | os.PathLike, config: Any = None, *, confi
         "python": sys.version.split()[0],
         "packages": package_versions(),
     }
+    if methods:
+        info["methods"] = methods
     with atomic_path(side) as tmp:
         tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return side

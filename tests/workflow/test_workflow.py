@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -19,11 +21,18 @@ REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
-def snakemake(workdir: Path, *args: str, configfile: Path | None = None, timeout: int = 1500):
+PLUGINS = REPO / "tests" / "plugins"
+
+
+def snakemake(workdir: Path, *args: str, configfile: Path | None = None, timeout: int = 1500,
+              plugin: bool = False):
     cmd = [*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
     cmd += ["--configfile", str(configfile or REPO / "config" / "config.yaml")]
     cmd += list(args)
     env = dict(os.environ, MORPHOBENCH_NO_PROGRESS="1")
+    if plugin:  # the test plugin: one registry entry (tiny_method.py) + its model file (tiny_model.py)
+        env.update(MORPHOBENCH_PLUGINS="tiny_method",
+                   PYTHONPATH=os.pathsep.join(filter(None, [str(PLUGINS), env.get("PYTHONPATH")])))
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=workdir)
 
 
@@ -44,6 +53,7 @@ def tiny_config(resources_dir: Path) -> dict:
             "features": {"preset": "minimal", "groups": ["AreaShape", "Intensity", "Neighbors"],
                          "max_objects_per_well": 5},
         },
+        "corrections": ["none", "tvn"],
         "evaluate": {"retrieval": {"null_size": 2000}},
     }
 
@@ -81,9 +91,54 @@ def test_bad_config_fails_validation_naming_the_key(tmp_path, patch, needle):
     assert needle in msg, msg
 
 
+def test_a_new_method_needs_one_registry_entry(tmp_path, resources_dir):
+    """The plugin registers `tiny_ae` (one Method + its model file): with it in `methods:` the DAG
+    has its split, training, per-plate embedding, profiles and a part of every evaluation."""
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    cfg["methods"] = ["random", "tiny_ae"]
+    path = write_config(tmp_path / "c.yaml", cfg)
+    res = snakemake(tmp_path, "-n", "--printshellcmds", configfile=path, plugin=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout + res.stderr
+    for needle in ("results/simulated/splits/treatment_folds.tsv", "results/simulated/models/tiny_ae/model.pt",
+                   "results/simulated/embeddings/tiny_ae/plates/SIMB1P1.parquet",
+                   "results/simulated/embeddings/tiny_ae/cell.parquet",
+                   "results/simulated/profiles/tiny_ae/well.parquet",
+                   "results/simulated/eval/tiny_ae/tvn/known_relationships.tsv",
+                   "results/simulated/eval/tiny_ae/tvn/jump_retrieval.tsv",
+                   "results/simulated/eval/tiny_ae/tvn/cp_regression.tsv"):
+        assert needle in out, needle
+    # without the plugin the name is unknown, and the error says which entry
+    bad = snakemake(tmp_path, "-n", configfile=path)
+    assert bad.returncode != 0 and "tiny_ae" in bad.stdout + bad.stderr
+
+
 def test_tiny_config_runs_end_to_end(tmp_path, resources_dir):
-    cfg = write_config(tmp_path / "tiny.yaml", tiny_config(resources_dir))
-    res = snakemake(tmp_path, "--cores", "2", configfile=cfg)
+    """The real Snakefile on the tiny screen with every kind of method: the baselines, a trained
+    plugin method and both bring-your-own kinds (a profiles parquet and a timm network)."""
+    import morphobench.models  # noqa: F401  (torchvision/timm on CPU-only torch)
+    import timm
+    import torch
+
+    base = tiny_config(resources_dir)
+    cfg = write_config(tmp_path / "tiny.yaml", base)
+    first = snakemake(tmp_path, "--cores", "2", "results/simulated/wells.parquet", configfile=cfg)
+    assert first.returncode == 0, first.stderr[-3000:]
+    plate_map = pd.read_parquet(tmp_path / "results/simulated/wells.parquet")
+    rng = np.random.default_rng(0)
+    mine = plate_map[["Metadata_Plate", "Metadata_Well"]].copy()
+    for j in range(6):
+        mine[f"my_feature_{j}"] = rng.normal(size=len(mine))
+    (tmp_path / "data").mkdir()
+    mine.to_parquet(tmp_path / "data" / "my_wells.parquet")
+    torch.manual_seed(0)
+    torch.save(timm.create_model("resnet18", num_classes=0).state_dict(), tmp_path / "data" / "resnet18.pth")
+    methods = ["random", "pixel_stats", "cellprofiler", {"name": "tiny_ae", "params": {"epochs": 2}},
+               {"name": "my_profiles", "kind": "embeddings", "path": "data/my_wells.parquet"},
+               {"name": "my_resnet", "kind": "timm", "arch": "resnet18", "weights": "data/resnet18.pth",
+                "input": "cell128"}]
+    cfg = write_config(tmp_path / "tiny.yaml", {**base, "methods": methods})
+    res = snakemake(tmp_path, "--cores", "2", configfile=cfg, plugin=True)
     assert res.returncode == 0, res.stderr[-5000:]
     ds = tmp_path / "results" / "simulated"
     sheet = pd.read_parquet(ds / "images.parquet")
@@ -100,7 +155,8 @@ def test_tiny_config_runs_end_to_end(tmp_path, resources_dir):
     assert (tmp_path / "results" / "figures" / "example_sites_simulated.png").stat().st_size > 10_000
     # every results table, with its key columns, one row per configured combination
     res = tmp_path / "results"
-    methods, corrections = ["random", "pixel_stats", "cellprofiler"], ["none", "standardize_plate", "tvn"]
+    methods = ["random", "pixel_stats", "cellprofiler", "tiny_ae", "my_profiles", "my_resnet"]
+    corrections = ["none", "tvn"]
     known = pd.read_csv(res / "known_relationships.tsv", sep="\t")
     assert list(known.columns[:8]) == ["dataset", "method", "correction", "source", "n_genes", "n_pairs",
                                        "recall_5_95", "recall_10_90"]
@@ -112,8 +168,24 @@ def test_tiny_config_runs_end_to_end(tmp_path, resources_dir):
     assert len(retr) == len(methods) * len(corrections) * 3 and (retr["null_size"] == 2000).all()
     detail = pd.read_parquet(res / "retrieval" / "simulated" / "cellprofiler" / "tvn" / "perturbation.parquet")
     assert detail["mean_average_precision"].between(0, 1).all()
+    assert set(known["method"]) == set(methods) and set(retr["method"]) == set(methods)
     cpr = pd.read_csv(res / "cp_regression.tsv", sep="\t")
-    assert set(cpr["method"]) == {"random", "pixel_stats"} and cpr["r2"].notna().any()
+    assert set(cpr["method"]) == set(methods) - {"cellprofiler"} and cpr["r2"].notna().any()
+    # the trained method: split, model, log, cell-level embeddings through the shared path
+    ds_res = res / "simulated"
+    assert (ds_res / "models" / "tiny_ae" / "model.pt").exists()
+    log = pd.read_csv(ds_res / "models" / "tiny_ae" / "train_log.tsv", sep="\t")
+    assert list(log["epoch"]) == [1, 2] and log["val_loss"].notna().all()
+    cells = pd.read_parquet(ds_res / "embeddings" / "tiny_ae" / "cell.parquet")
+    assert cells.filter(like="emb_").shape[1] == 8 and "Metadata_ObjectNumber" in cells
+    assert len(pd.read_parquet(ds_res / "embeddings" / "my_resnet" / "cell.parquet")) == len(cells)
+    mine_prof = pd.read_parquet(ds_res / "profiles" / "my_profiles" / "well.parquet")
+    assert len(mine_prof) == len(plate_map) and mine_prof["Metadata_PertType"].notna().all()
+    split = pd.read_csv(ds_res / "splits" / "treatment_folds.tsv", sep="\t")
+    assert not split.loc[split["Metadata_PertType"] != "trt", "split"].ne("control").any()
+    prov = json.loads((res / "jump_retrieval.tsv.provenance.json").read_text())
+    assert prov["methods"]["my_resnet"]["weights"] == "data/resnet18.pth"
+    assert prov["methods"]["my_profiles"]["kind"] == "embeddings"
     summ = pd.read_csv(res / "cp_regression_summary.tsv", sep="\t")
     assert {"AreaShape", "Intensity"} <= set(summ["category"])
     bc = pd.read_csv(res / "batch_correction.tsv", sep="\t")
@@ -130,7 +202,7 @@ def test_tiny_config_runs_end_to_end(tmp_path, resources_dir):
     assert any((tmp_path / "logs").rglob("*.log"))
     assert not [p for p in tmp_path.rglob("*.tmp")]
     # re-running is a no-op
-    again = snakemake(tmp_path, "--cores", "1", "-n", configfile=cfg)
+    again = snakemake(tmp_path, "--cores", "1", "-n", configfile=cfg, plugin=True)
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
 

@@ -15,7 +15,12 @@ from morphobench.workflow_helpers import (  # noqa: E402
     resource_tables,
 )
 
-validate(config, schema="../schemas/config.schema.yaml", set_default=True)
+from morphobench import methods as MB_METHODS  # noqa: E402  (no torch: the method registry)
+from morphobench.io import MorphobenchError as _MBError  # noqa: E402
+
+# The schema's method-name enums are filled from the registry (one place names the methods).
+validate(config, schema=MB_METHODS.config_schema(Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"),
+         set_default=True)
 
 # Rules run `python -m morphobench.<stage>`: make `python` the interpreter that runs Snakemake
 # (e.g. .venv/bin/python, also when the venv is not activated). Under --use-conda each job's
@@ -31,9 +36,28 @@ LOGS = "logs"
 BENCH = "benchmarks/out"
 
 
+try:
+    METHODS = {c.name: c for c in MB_METHODS.resolve(config["methods"])}
+    MB_METHODS.check_files(METHODS.values(), DATASETS)
+    EVAL_LISTS = MB_METHODS.evaluation_lists(config, METHODS)
+except _MBError as _err:
+    raise WorkflowError(f"config: {_err}") from None
+
+
+def configured(name):
+    """A configured method, or a registered one another stage needs (e.g. `cellprofiler` as the
+    regression target when it is not in `methods:`)."""
+    return METHODS.get(name) or MB_METHODS.Configured(MB_METHODS.get(name))
+
+
+def method_spec(name):
+    """The JSON-able spec of a method (registry defaults ← `train:` ← its params in `methods:`)."""
+    return configured(name).spec(config["train"])
+
+
 wildcard_constraints:
     dataset="[^/]+",
-    method="[^/]+",
+    method=MB_METHODS.wildcard_regex(METHODS.values()),
     correction="[^/]+",
     plate="[^/]+",
 
@@ -67,6 +91,9 @@ def plates_if_known(dataset):
 def as_json(obj):
     """Shell-quoted JSON for passing a config section to `python -m morphobench.<stage>`."""
     return shlex.quote(json.dumps(obj, sort_keys=True))
+
+
+METHODS_PROVENANCE = as_json(MB_METHODS.provenance(METHODS.values()))
 
 
 RESULT_TABLES = ["known_relationships", "recall_curve", "stringdb_gene_sets", "jump_retrieval",

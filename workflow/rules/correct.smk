@@ -5,11 +5,10 @@
 
 
 def arm_args(wildcards):
-    """Inputs of the chromosome-arm correction: the simulator's truth, or the real gene tables."""
+    """Inputs of the chromosome-arm correction: the real gene → arm and expression tables (the
+    simulated screen uses real genes on real arms, so the same tables describe it)."""
     if not wildcards.correction.endswith("+arm"):
         return {}
-    if dataset_cfg(wildcards.dataset)["loader"] == "simulated":
-        return {"truth": f"results/{wildcards.dataset}/truth/perturbations.parquet"}
     return {"gene_arms": f"{RES}/genes/gene_arms.tsv", "zfpkm": f"{RES}/genes/u2os_zfpkm.tsv"}
 
 

@@ -1,70 +1,123 @@
-# Methods → well-level profiles: results/{dataset}/profiles/{method}/well.parquet
-# (simple baselines here; CellProfiler features in images.smk; trained models in train.smk)
+# Methods → well-level profiles, one set of rules for every method (src/morphobench/methods.py):
+#   embed_plate       results/{dataset}/embeddings/{method}/plates/{plate}.parquet   (per plate)
+#   gather_embeddings results/{dataset}/embeddings/{method}/{level}.parquet           (cell/tile/site)
+#   method_profiles   results/{dataset}/profiles/{method}/well.parquet              (the one aggregation)
+# Trained methods read results/{dataset}/models/{method}/model.pt (workflow/rules/train.smk);
+# CellProfiler's per-plate well profiles come from the cp_features rule (images.smk).
 
 
-rule random_profiles:
-    """`random` baseline: one fixed-seed 1,024-D vector per well."""
+def _method(w):
+    return configured(w.method).method
+
+
+def embed_plate_inputs(w):
+    """The files a method's per-plate embedding reads, from its registry input."""
+    m = _method(w)
+    ds = f"results/{w.dataset}"
+    d = {"wells": f"{ds}/wells.parquet", "sheet": f"{ds}/images.parquet"}
+    if m.input == "site":
+        d["illum"] = f"{ds}/illum/{w.plate}.npz"
+    elif m.crop_kind:
+        d["crops"] = f"{ds}/crops/{m.crop_kind}/plates/{w.plate}.parquet"
+        d["store"] = f"{ds}/crops/{m.crop_kind}/plates/{w.plate}.zarr"
+    if m.trains:
+        d["model"] = f"{ds}/models/{w.method}/model.pt"
+    if m.kind == "timm" and m.user["weights"] != "random":
+        d["weights"] = m.user["weights"]
+    return d
+
+
+def embed_plate_flags(w, input):
+    return " ".join(f"--{k} {input[k]}" for k in ("illum", "crops", "model") if k in input.keys())
+
+
+def embed_threads(w):
+    m = _method(w)
+    return 2 if (m.trains or m.kind == "timm") else 1
+
+
+rule embed_plate:
+    """One plate embedded by one method (its registry `embed` function)."""
     input:
+        unpack(embed_plate_inputs),
+    output:
+        "results/{dataset}/embeddings/{method}/plates/{plate}.parquet",
+    params:
+        spec=lambda w: as_json(method_spec(w.method)),
+        flags=embed_plate_flags,
+        device=config["train"]["device"],
+    log:
+        "logs/{dataset}/embed/{method}/{plate}.log",
+    benchmark:
+        "benchmarks/out/{dataset}/embed/{method}/{plate}.tsv"
+    conda:
+        "../../envs/morphobench.yaml"
+    threads: embed_threads
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "python -m morphobench.embed plate --spec {params.spec} --plate {wildcards.plate} "
+        "--wells {input.wells} --sheet {input.sheet} {params.flags} --device {params.device} "
+        "--threads {threads} --out {output} 2> {log}"
+
+
+def method_parts(w):
+    """Per-plate parts of a method (registry template), or a user's own embeddings file."""
+    m = _method(w)
+    if m.kind == "embeddings":
+        return [m.user["path"].format(dataset=w.dataset)]
+    return [m.parts_path(w.dataset, p) for p in plates(w.dataset)]
+
+
+rule gather_embeddings:
+    """A method's per-plate rows → one dataset-level file at its level (cell, tile or site)."""
+    input:
+        method_parts,
+    output:
+        "results/{dataset}/embeddings/{method}/{level}.parquet",
+    wildcard_constraints:
+        level="cell|tile|site",
+    log:
+        "logs/{dataset}/embed/{method}/gather_{level}.log",
+    conda:
+        "../../envs/morphobench.yaml"
+    resources:
+        mem_mb=8000,
+    shell:
+        "python -m morphobench.embed gather --parts {input} --out {output} 2> {log}"
+
+
+def profile_parts(w):
+    m = _method(w)
+    if m.level == "well":
+        return method_parts(w)
+    return [f"results/{w.dataset}/embeddings/{w.method}/{m.level}.parquet"]
+
+
+rule method_profiles:
+    """Well profiles of a method through the one well aggregation, joined onto the plate map."""
+    input:
+        parts=profile_parts,
         wells="results/{dataset}/wells.parquet",
         sheet="results/{dataset}/images.parquet",
     output:
-        "results/{dataset}/profiles/random/well.parquet",
+        well="results/{dataset}/profiles/{method}/well.parquet",
+        qc="results/{dataset}/profiles/{method}/well_qc.tsv",
     params:
-        dim=lambda w: config["embed"]["random"]["dim"],
-        seed=lambda w: config["embed"]["random"]["seed"],
-    log:
-        "logs/{dataset}/profiles/random.log",
-    benchmark:
-        "benchmarks/out/{dataset}/profiles/random.tsv"
-    conda:
-        "../../envs/morphobench.yaml"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    shell:
-        "python -m morphobench.embed random --wells {input.wells} --sheet {input.sheet} "
-        "--out {output} --dim {params.dim} --seed {params.seed} 2> {log}"
-
-
-rule pixel_stats_plate:
-    """`pixel_stats` baseline: 30 intensity statistics per site of one plate (illumination corrected)."""
-    input:
-        sheet="results/{dataset}/images.parquet",
-        illum="results/{dataset}/illum/{plate}.npz",
-    output:
-        "results/{dataset}/profiles/pixel_stats/plates/{plate}.parquet",
-    log:
-        "logs/{dataset}/profiles/pixel_stats/{plate}.log",
-    benchmark:
-        "benchmarks/out/{dataset}/profiles/pixel_stats/{plate}.tsv"
-    conda:
-        "../../envs/morphobench.yaml"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    shell:
-        "python -m morphobench.embed pixel-stats --sheet {input.sheet} --plate {wildcards.plate} "
-        "--illum {input.illum} --out {output} 2> {log}"
-
-
-rule pixel_stats_wells:
-    input:
-        parts=lambda w: expand("results/{{dataset}}/profiles/pixel_stats/plates/{plate}.parquet",
-                               plate=plates(w.dataset)),
-        wells="results/{dataset}/wells.parquet",
-        sheet="results/{dataset}/images.parquet",
-    output:
-        "results/{dataset}/profiles/pixel_stats/well.parquet",
-    params:
+        spec=lambda w: as_json(method_spec(w.method)),
         method=config["aggregate"]["well"],
     log:
-        "logs/{dataset}/profiles/pixel_stats.log",
+        "logs/{dataset}/profiles/{method}.log",
     benchmark:
-        "benchmarks/out/{dataset}/profiles/pixel_stats.tsv"
+        "benchmarks/out/{dataset}/profiles/{method}.tsv"
     conda:
         "../../envs/morphobench.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=30,
     shell:
-        "python -m morphobench.embed gather --parts {input.parts} --wells {input.wells} "
-        "--sheet {input.sheet} --method {params.method} --out {output} 2> {log}"
+        "python -m morphobench.embed profiles --spec {params.spec} --parts {input.parts} "
+        "--wells {input.wells} --sheet {input.sheet} --aggregate {params.method} "
+        "--out-well {output.well} 2> {log}"

@@ -9,17 +9,12 @@ def eval_key(w):
 
 def eval_combos(methods=None, corrections=None, datasets=None):
     """(dataset, method, correction) triples configured for the evaluations."""
-    return [(d, m, c) for d in (datasets or DATASETS) for m in (methods or config["methods"])
+    return [(d, m, c) for d in (datasets or DATASETS) for m in (methods or EVAL_LISTS["all"])
             for c in (corrections or config["corrections"])]
 
 
 def eval_parts(table, combos):
     return [f"results/{d}/eval/{m}/{c}/{table}.tsv" for d, m, c in combos]
-
-
-def gene_datasets():
-    """Datasets whose perturbations include CRISPR genes (known-relationship recall needs genes)."""
-    return [d for d in DATASETS if dataset_cfg(d)["loader"] == "simulated"]
 
 
 KR = config["evaluate"]["known_relationships"]
@@ -134,14 +129,14 @@ rule cp_regression_part:
 
 
 GATHER = {
-    "known_relationships": eval_parts("known_relationships", eval_combos(datasets=gene_datasets())),
-    "recall_curve": eval_parts("recall_curve", eval_combos(datasets=gene_datasets())),
-    "stringdb_gene_sets": eval_parts("stringdb_gene_sets", eval_combos(datasets=gene_datasets())),
+    "known_relationships": eval_parts("known_relationships", eval_combos()),
+    "recall_curve": eval_parts("recall_curve", eval_combos()),
+    "stringdb_gene_sets": eval_parts("stringdb_gene_sets", eval_combos()),
     "jump_retrieval": eval_parts("jump_retrieval", eval_combos()),
-    "cp_regression": eval_parts("cp_regression", eval_combos(methods=CPR["methods"])),
+    "cp_regression": eval_parts("cp_regression", eval_combos(methods=EVAL_LISTS["cp_regression"])),
     "batch_correction_recall": eval_parts(
         "known_relationships",
-        eval_combos(methods=[BC["method"]], corrections=BC["corrections"], datasets=gene_datasets())),
+        eval_combos(methods=[BC["method"]], corrections=BC["corrections"])),
 }
 
 
@@ -155,12 +150,14 @@ rule gather_table:
         table="|".join(GATHER),
     params:
         cfg=CONFIG_HASH,
+        methods=METHODS_PROVENANCE,
     log:
         "logs/gather/{table}.log",
     conda:
         "../../envs/morphobench.yaml"
     shell:
-        "python -m morphobench.evaluate gather --parts {input} --out {output} --config-hash {params.cfg} 2> {log}"
+        "python -m morphobench.evaluate gather --parts {input} --out {output} --config-hash {params.cfg} "
+        "--methods {params.methods} 2> {log}"
 
 
 rule cp_regression_summary:
@@ -170,12 +167,14 @@ rule cp_regression_summary:
         "results/cp_regression_summary.tsv",
     params:
         cfg=CONFIG_HASH,
+        methods=METHODS_PROVENANCE,
     log:
         "logs/gather/cp_regression_summary.log",
     conda:
         "../../envs/morphobench.yaml"
     shell:
-        "python -m morphobench.evaluate cp-summary --table {input} --out {output} --config-hash {params.cfg} 2> {log}"
+        "python -m morphobench.evaluate cp-summary --table {input} --out {output} --config-hash {params.cfg} "
+        "--methods {params.methods} 2> {log}"
 
 
 rule batch_correction_table:
@@ -187,10 +186,11 @@ rule batch_correction_table:
     params:
         method=BC["method"],
         cfg=CONFIG_HASH,
+        methods=METHODS_PROVENANCE,
     log:
         "logs/gather/batch_correction.log",
     conda:
         "../../envs/morphobench.yaml"
     shell:
         "python -m morphobench.evaluate batch-correction --known {input} --method {params.method} "
-        "--out {output} --config-hash {params.cfg} 2> {log}"
+        "--out {output} --config-hash {params.cfg} --methods {params.methods} 2> {log}"

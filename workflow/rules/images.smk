@@ -180,17 +180,3 @@ rule illum_apply:
     shell:
         "python -m morphobench.images apply-illum --sheet {input.sheet} --plate {wildcards.plate} "
         "--illum {input.illum} --out-dir {output.images} --out-sheet {output.sheet} 2> {log}"
-
-
-rule cellprofiler_profiles:
-    """`cellprofiler` method: well-level CellProfiler profiles of the dataset."""
-    input:
-        lambda w: expand(f"results/{w.dataset}/cellprofiler/{{plate}}.wells.parquet", plate=plates(w.dataset)),
-    output:
-        f"{DS}/profiles/cellprofiler/well.parquet",
-    log:
-        "logs/{dataset}/profiles/cellprofiler.log",
-    conda:
-        "../../envs/morphobench.yaml"
-    shell:
-        "python -m morphobench.images gather-profiles --out {output} {input} 2> {log}"

@@ -1,8 +1,13 @@
-"""CLI for the embedding stages (called by workflow/rules/embed.smk).
+"""CLI for the embedding stages (called by workflow/rules/embed.smk), the same for every method.
 
-    python -m morphobench.embed random --wells W --sheet S --out OUT [--dim 1024 --seed 0]
-    python -m morphobench.embed pixel-stats --sheet S --plate P --out OUT [--illum F]
-    python -m morphobench.embed gather --parts A B … --wells W --sheet S --out OUT [--method mean]
+    python -m morphobench.embed plate --spec JSON --plate P --out OUT \
+        [--wells W] [--sheet S] [--illum F] [--crops INDEX] [--model model.pt] [--device auto]
+    python -m morphobench.embed gather --parts A B … --out embeddings/{method}/{level}.parquet
+    python -m morphobench.embed profiles --spec JSON --parts A B … --wells W [--sheet S] \
+        --out-well profiles/{method}/well.parquet [--out-embeddings embeddings/{method}/{level}.parquet] \
+        [--aggregate mean]
+
+``--spec`` is the method's JSON spec (``morphobench.methods.Method.to_spec``), or ``@file.json``.
 """
 
 from __future__ import annotations
@@ -10,43 +15,57 @@ from __future__ import annotations
 import argparse
 import sys
 
-from morphobench.io import cli_exit, setup_logging
+from morphobench.io import cli_exit, load_json_arg, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m morphobench.embed", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--log", help="log file (also logged to stderr)")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("random", help="fixed-seed random well embeddings")
-    r.add_argument("--wells", required=True)
-    r.add_argument("--sheet")
-    r.add_argument("--out", required=True)
-    r.add_argument("--dim", type=int, default=1024)
-    r.add_argument("--seed", type=int, default=0)
-    p = sub.add_parser("pixel-stats", help="30 pixel statistics per site of one plate")
-    p.add_argument("--sheet", required=True)
+    p = sub.add_parser("plate", help="embed one plate with a method")
+    p.add_argument("--spec", required=True)
     p.add_argument("--plate", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--illum")
-    g = sub.add_parser("gather", help="per-plate rows → well profiles")
+    for opt in ("--wells", "--sheet", "--illum", "--crops", "--model"):
+        p.add_argument(opt)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    g = sub.add_parser("profiles", help="per-plate parts → embeddings file + well profiles")
+    g.add_argument("--spec", required=True)
     g.add_argument("--parts", nargs="+", required=True)
     g.add_argument("--wells", required=True)
     g.add_argument("--sheet")
-    g.add_argument("--out", required=True)
-    g.add_argument("--method", default="mean", choices=["mean", "median"])
-    for s in (r, p, g):
+    g.add_argument("--out-well", required=True)
+    g.add_argument("--out-embeddings")
+    g.add_argument("--aggregate", default="mean", choices=["mean", "median"])
+    e = sub.add_parser("gather", help="per-plate rows → one dataset-level embeddings file")
+    e.add_argument("--parts", nargs="+", required=True)
+    e.add_argument("--out", required=True)
+    for s in (p, g, e):
         s.add_argument("--log", help="log file (also logged to stderr)")
     args = ap.parse_args(argv)
     setup_logging(args.log)
+    return cli_exit(f"morphobench.embed {args.cmd}", _run, args)
+
+
+def _run(args) -> None:
     from morphobench.embed import stages
 
-    prog = f"morphobench.embed {args.cmd}"
-    if args.cmd == "random":
-        return cli_exit(prog, stages.random_method, args.wells, args.sheet, args.out, dim=args.dim, seed=args.seed)
-    if args.cmd == "pixel-stats":
-        return cli_exit(prog, stages.pixel_stats_plate, args.sheet, args.plate, args.out, illum_path=args.illum)
-    return cli_exit(prog, stages.gather_wells, args.parts, args.wells, args.sheet, args.out, method=args.method)
+    if args.cmd == "gather":
+        stages.gather_embeddings(args.parts, args.out)
+        return
+    spec = load_json_arg(args.spec)
+    if args.cmd == "plate":
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        inputs = stages.EmbedInputs(wells=args.wells, sheet=args.sheet, illum=args.illum, crops=args.crops,
+                                    model=args.model, device=args.device)
+        stages.embed_plate(spec, args.plate, args.out, inputs)
+    else:
+        stages.method_profiles(spec, args.parts, args.wells, args.sheet, args.out_well,
+                               out_embeddings=args.out_embeddings, method=args.aggregate)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ import hashlib
 import numpy as np
 import pandas as pd
 
-from morphobench.data.tables import CHANNELS
-from morphobench.io import MorphobenchError
+from morphobench.data.tables import CHANNELS, SITE_KEYS, WELL_KEYS
+from morphobench.io import MorphobenchError, progress, read_table
 
 PIXEL_STATS = ("mean", "std", "median", "p05", "p95", "frac_above_otsu")
 
@@ -79,3 +79,32 @@ def pixel_stats_site(image: np.ndarray, channels: tuple[str, ...] | list[str] = 
         for stat in PIXEL_STATS:
             out[f"PixelStats_{stat}_{ch}"] = float(vals[stat])
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-plate embed functions (registry ``embed`` entries; see morphobench.embed.stages)
+# ------------------------------------------------------------------------------------------------
+def embed_random(spec: dict, plate: str, inputs) -> pd.DataFrame:
+    """``random``: the plate-map wells of ``plate``, one vector each (``dim``, ``seed`` params)."""
+    wells = read_table(inputs.wells, what="plate map")
+    sub = wells.loc[wells["Metadata_Plate"].astype(str) == str(plate), list(WELL_KEYS)]
+    if sub.empty:
+        raise MorphobenchError(f"random: plate {plate!r} has no wells in {inputs.wells}")
+    p = spec["params"]
+    return random_profiles(sub.reset_index(drop=True), dim=int(p["dim"]), seed=int(p["seed"]))
+
+
+def embed_pixel_stats(spec: dict, plate: str, inputs) -> pd.DataFrame:
+    """``pixel_stats``: 30 statistics of every site of ``plate`` (illumination corrected)."""
+    from morphobench.images.io import load_illum, load_sheet, read_site
+
+    rows = load_sheet(inputs.sheet, plate=plate)
+    illum = load_illum(inputs.illum) if inputs.illum else None
+    chans = list(CHANNELS)
+    records = []
+    for _, row in progress(rows.iterrows(), total=len(rows), desc=f"pixel_stats {plate}"):
+        img = read_site(row, chans, illum=illum)
+        rec = {k: row[k] for k in SITE_KEYS}
+        rec.update(pixel_stats_site(img, chans))
+        records.append(rec)
+    return pd.DataFrame(records)

@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 
-from morphobench.io import cli_exit, setup_logging
+from morphobench.io import cli_exit, load_json_arg, setup_logging
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,15 +59,18 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--parts", nargs="+", required=True)
     g.add_argument("--out", required=True)
     g.add_argument("--config-hash", help="hash of the run's config (provenance sidecar)")
+    g.add_argument("--methods", default="{}", help="JSON: what each method is (provenance sidecar)")
     m = sub.add_parser("cp-summary")
     m.add_argument("--table", required=True)
     m.add_argument("--out", required=True)
     m.add_argument("--config-hash")
+    m.add_argument("--methods", default="{}")
     b = sub.add_parser("batch-correction")
     b.add_argument("--known", required=True)
     b.add_argument("--method", required=True)
     b.add_argument("--out", required=True)
     b.add_argument("--config-hash")
+    b.add_argument("--methods", default="{}")
     for p in (k, r, s, c, g, m, b):
         p.add_argument("--log")
     return ap
@@ -95,11 +98,13 @@ def _dispatch(args, stages) -> None:
     elif args.cmd == "cp-regression":
         stages.cp_regression_stage(args.emb_well, args.cp_well, args.split, json.loads(args.key), args.out)
     elif args.cmd == "gather":
-        stages.gather(args.parts, args.out, args.config_hash)
+        stages.gather(args.parts, args.out, args.config_hash, methods=load_json_arg(args.methods, "--methods"))
     elif args.cmd == "cp-summary":
-        stages.cp_regression_summary(args.table, args.out, args.config_hash)
+        stages.cp_regression_summary(args.table, args.out, args.config_hash,
+                                     methods=load_json_arg(args.methods, "--methods"))
     else:
-        stages.batch_correction_table(args.known, args.method, args.out, args.config_hash)
+        stages.batch_correction_table(args.known, args.method, args.out, args.config_hash,
+                                      methods=load_json_arg(args.methods, "--methods"))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ batches) with a seeded RNG.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,6 +21,8 @@ import pandas as pd
 
 from morphobench.data.tables import feature_columns, validate_profiles
 from morphobench.io import MorphobenchError
+
+log = logging.getLogger("morphobench.evaluate.cp_regression")
 
 CP_CATEGORIES = ("AreaShape", "Intensity", "Texture", "RadialDistribution", "Granularity",
                  "Correlation", "Neighbors", "Location")
@@ -94,9 +97,13 @@ def cp_regression(embeddings: pd.DataFrame, cp_features: pd.DataFrame, split: pd
         cp_features[keys + cp_cols], on=keys, how="inner", validate="one_to_one",
         suffixes=("__emb", ""))
     if len(merged) < len(embeddings) or len(merged) < len(cp_features):
-        missing = len(embeddings) + len(cp_features) - 2 * len(merged)
-        raise MorphobenchError(
-            f"cp_regression: {missing} well(s) are in only one of the embedding / CellProfiler tables")
+        # e.g. a cell-level method has no crop in a well whose cells all touch the border: the
+        # regression uses the wells both tables have (n_train/n_test say how many)
+        log.warning("cp_regression: %d embedding well(s) and %d CellProfiler well(s) have no counterpart; "
+                    "using the %d wells in both", len(embeddings) - len(merged), len(cp_features) - len(merged),
+                    len(merged))
+    if merged.empty:
+        raise MorphobenchError("cp_regression: the embedding and CellProfiler tables share no well")
     emb_cols_m = [c + "__emb" if c in cp_cols else c for c in emb_cols]
     plate_split_of = dict(zip(split["Metadata_Plate"], split["split"], strict=True))
     unknown = sorted(set(merged["Metadata_Plate"]) - set(plate_split_of))

@@ -68,6 +68,19 @@ def known_relationships(pert_path: str | os.PathLike, annotations: Mapping[str, 
     from morphobench.resources import load_annotation
 
     pert = read_table(pert_path, what="perturbation profiles")
+    if not gene_rows(pert).any():
+        # a screen without gene perturbations (e.g. compounds only) has no relationships to recall:
+        # one row per source says so, instead of the dataset vanishing from the table
+        reason = "no CRISPR gene perturbations in the plate map"
+        log.info("%s: %s; known-relationship recall skipped", pert_path, reason)
+        cols = ["source", "n_genes", "n_pairs", "recall_5_95", "recall_10_90", "n_pairs_gene_missing", "skip_reason"]
+        tab = pd.DataFrame([{"source": s, "n_genes": 0, "n_pairs": 0, "recall_5_95": np.nan, "recall_10_90": np.nan,
+                             "n_pairs_gene_missing": 0, "skip_reason": reason} for s in annotations], columns=cols)
+        write_tsv(_keyed(tab, key), out_known)
+        write_tsv(_keyed(pd.DataFrame(columns=["source", "percentile", "recall"]), key), out_curve)
+        write_tsv(_keyed(pd.DataFrame(columns=["gene_set", "source", "n_pairs", "recall", "fpr",
+                                               "n_set_genes_missing", "skip_reason"]), key), out_sets)
+        return
     genes = gene_profiles(pert, str(pert_path))
     rels = {src: load_annotation(path, None) for src, path in annotations.items()}
     tab = known_relationship_recall(genes, rels, threshold_pairs=[(0.05, 0.95), (0.10, 0.90)], seed=seed,
@@ -200,7 +213,7 @@ def cp_regression_stage(emb_well_path: str | os.PathLike, cp_well_path: str | os
 # gathering
 # ------------------------------------------------------------------------------------------
 def gather(parts: Sequence[str | os.PathLike], out: str | os.PathLike, config_digest: str | None = None,
-           sort_by: Sequence[str] | None = None) -> pd.DataFrame:
+           sort_by: Sequence[str] | None = None, methods: Mapping | None = None) -> pd.DataFrame:
     """Concatenate partial TSV tables (sorted by the key columns) + provenance sidecar."""
     frames = [read_table(p, what="partial results table") for p in parts]
     frames = [f for f in frames if len(f.columns)]
@@ -210,21 +223,21 @@ def gather(parts: Sequence[str | os.PathLike], out: str | os.PathLike, config_di
     by = [c for c in (sort_by or KEY_COLS) if c in tab.columns]
     tab = tab.sort_values(by, kind="stable").reset_index(drop=True)
     write_tsv(tab, out)
-    write_provenance(out, config_digest=config_digest)
+    write_provenance(out, config_digest=config_digest, methods=methods)
     return tab
 
 
 def cp_regression_summary(per_feature_path: str | os.PathLike, out: str | os.PathLike,
-                          config_digest: str | None = None) -> None:
+                          config_digest: str | None = None, methods: Mapping | None = None) -> None:
     from morphobench.evaluate.cp_regression import summarize
 
     tab = read_table(per_feature_path, what="CellProfiler regression table")
     write_tsv(summarize(tab, by=list(KEY_COLS)), out)
-    write_provenance(out, config_digest=config_digest)
+    write_provenance(out, config_digest=config_digest, methods=methods)
 
 
 def batch_correction_table(known_path: str | os.PathLike, method: str, out: str | os.PathLike,
-                           config_digest: str | None = None) -> None:
+                           config_digest: str | None = None, methods: Mapping | None = None) -> None:
     """MAE-CVPR Table 2 layout: recall per source for every correction of ``method``."""
     tab = read_table(known_path, what="known relationships table")
     sub = tab[tab["method"] == method]
@@ -233,4 +246,4 @@ def batch_correction_table(known_path: str | os.PathLike, method: str, out: str 
                                f"(methods: {sorted(tab['method'].unique())})")
     cols = ["dataset", "method", "correction", "source", "n_genes", "n_pairs", "recall_5_95", "recall_10_90"]
     write_tsv(sub[cols].sort_values(["dataset", "source", "correction"], kind="stable"), out)
-    write_provenance(out, config_digest=config_digest)
+    write_provenance(out, config_digest=config_digest, methods=methods)

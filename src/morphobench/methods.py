@@ -1,0 +1,389 @@
+"""The method registry: every method's name, family, input, level, defaults and embed function.
+
+This module is imported while Snakemake builds the DAG, so it imports neither torch nor the
+model files (standard library + :mod:`morphobench.io` only). Everything that names a method —
+the config schema's enums, the rules' ``{method}`` wildcard, the evaluation method lists, the
+README's method table — is derived from :data:`REGISTRY`.
+
+Adding a method = one :func:`register` call here (or in a plugin module, see below) + its model
+file under ``src/morphobench/models/``; nothing else names it.
+
+A method (:class:`Method`)
+--------------------------
+``name``      config/CLI/path name (``[A-Za-z0-9_+.-]``; ``+`` marks the Fourier-loss MAEs)
+``family``    ``baseline``, ``cellprofiler``, ``teams``, ``mae``, ``munet``, ``densenet``,
+              ``campfire``, ``user`` …
+``input``     what it reads: ``none`` (the plate map), ``site`` (whole illumination-corrected
+              sites), or a crop kind (``cell128``, ``cell112``, ``tile256``)
+``level``     the level of its rows: ``cell``, ``tile``, ``site`` or ``well``
+``trains``    whether a model is trained first (``results/{dataset}/models/{method}/model.pt``)
+``model``     the model name for :func:`morphobench.models.create_model` (trained methods)
+``embed``     ``"module:function"`` that embeds one plate (see :mod:`morphobench.embed.stages`);
+              ``None`` when another rule writes the per-plate parts (``parts``)
+``parts``     per-plate part path template when not the default
+              ``results/{dataset}/embeddings/{method}/plates/{plate}.parquet``
+``split``     the saved split table a trained method reads (``results/{dataset}/splits/{split}.tsv``)
+``defaults``  parameters (model + training); a config entry ``{name: X, params: {...}}`` overrides
+``nonfinite`` ``error`` (NaN/inf in a profile is an error naming the file) or ``drop_features``
+              (features with NaN/inf in any well are dropped and logged: CellProfiler)
+
+Bring your own (config ``methods:``, no code change)
+----------------------------------------------------
+``{name: N, kind: embeddings, path: P}``  a parquet of ``Metadata_Plate``, ``Metadata_Well`` +
+    numeric features (several rows per well are averaged); ``path`` may contain ``{dataset}``.
+``{name: N, kind: timm, arch: A, weights: W, input: cell128}``  any timm architecture applied to a
+    crop kind; ``weights`` is a local file (``state_dict`` or a checkpoint holding one) or the
+    literal ``random`` (random init, recorded in the provenance of every table).
+
+Plugins
+-------
+``MORPHOBENCH_PLUGINS=pkg.mod1,pkg.mod2`` imports those modules when this one is imported; each can
+call :func:`register` (and :func:`morphobench.models.register_model` in its model module) to add
+methods without editing this package.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from morphobench.io import MorphobenchError
+
+#: Inputs a method can read: the plate map only, whole sites, or a crop kind.
+INPUTS: tuple[str, ...] = ("none", "site", "cell128", "cell112", "tile256")
+#: Levels of a method's rows (what its embeddings file holds).
+LEVELS: tuple[str, ...] = ("cell", "tile", "site", "well")
+#: Bring-your-own kinds of the config's ``methods:`` entries.
+USER_KINDS: tuple[str, ...] = ("embeddings", "timm")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+.-]*$")
+#: the ``methods:`` item that stands for every registered method
+ALL = "all"
+DEFAULT_PARTS = "results/{dataset}/embeddings/{method}/plates/{plate}.parquet"
+
+
+@dataclass(frozen=True)
+class Method:
+    """One registered (or user-configured) method; see the module docstring for the fields."""
+
+    name: str
+    family: str
+    input: str
+    level: str
+    trains: bool = False
+    model: str | None = None
+    embed: str | None = None
+    parts: str | None = None
+    split: str | None = None
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    nonfinite: str = "error"
+    description: str = ""
+    paper: str = ""
+    #: config-level extras of a user method (kind, path, arch, weights)
+    user: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def crop_kind(self) -> str | None:
+        return self.input if self.input not in ("none", "site") else None
+
+    @property
+    def kind(self) -> str:
+        return str(self.user.get("kind", "registered"))
+
+    def params(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Defaults with ``overrides`` applied. A trained method also takes every training
+        parameter (:class:`morphobench.training.config.TrainConfig`); other unknown keys raise,
+        naming the method."""
+        out = dict(self.defaults)
+        allowed = set(out) | (_train_keys() if self.trains else set())
+        for k, v in (overrides or {}).items():
+            if k not in allowed:
+                raise MorphobenchError(f"methods: {self.name}: unknown parameter {k!r}; "
+                                       f"known: {sorted(allowed)}")
+            out[k] = v
+        return out
+
+    def parts_path(self, dataset: str, plate: str) -> str:
+        return (self.parts or DEFAULT_PARTS).format(dataset=dataset, method=self.name, plate=plate)
+
+    def to_spec(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """JSON-able description passed to the stage CLIs (user methods need no registry there)."""
+        return {"name": self.name, "family": self.family, "input": self.input, "level": self.level,
+                "trains": self.trains, "model": self.model, "embed": self.embed, "split": self.split,
+                "nonfinite": self.nonfinite, "params": self.params(params), "user": dict(self.user)}
+
+
+REGISTRY: dict[str, Method] = {}
+#: the per-plate embed function of trained methods that name none
+TRAINED_EMBED = "morphobench.embed.learned:embed_trained"
+
+
+def _train_keys() -> set[str]:
+    from morphobench.training.config import TRAIN_KEYS
+
+    return set(TRAIN_KEYS)
+
+
+def register(method: Method) -> Method:
+    """Add ``method`` to :data:`REGISTRY` (checked; a name can be registered once)."""
+    if method.trains and method.embed is None:
+        method = replace(method, embed=TRAINED_EMBED)
+    _check(method)
+    if method.name in REGISTRY:
+        raise MorphobenchError(f"method {method.name!r} is already registered")
+    REGISTRY[method.name] = method
+    return method
+
+
+def _check(m: Method) -> None:
+    if not NAME_RE.match(m.name):
+        raise MorphobenchError(f"method name {m.name!r}: use letters, digits and _ + . -")
+    if m.input not in INPUTS:
+        raise MorphobenchError(f"method {m.name}: input {m.input!r} not in {INPUTS}")
+    if m.level not in LEVELS:
+        raise MorphobenchError(f"method {m.name}: level {m.level!r} not in {LEVELS}")
+    if m.trains and not (m.model and m.split and m.crop_kind):
+        raise MorphobenchError(f"method {m.name}: a trained method needs a model, a split and a crop input")
+    if m.embed is None and m.parts is None and m.kind != "embeddings":
+        raise MorphobenchError(f"method {m.name}: needs an embed function or a parts template")
+    if m.nonfinite not in ("error", "drop_features"):
+        raise MorphobenchError(f"method {m.name}: nonfinite must be error|drop_features")
+
+
+def get(name: str) -> Method:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise MorphobenchError(f"unknown method {name!r}; registered: {sorted(REGISTRY)}") from None
+
+
+def names(family: str | None = None) -> list[str]:
+    return [n for n, m in REGISTRY.items() if family is None or m.family == family]
+
+
+# ------------------------------------------------------------------------------------------------
+# Built-in methods. Model families register theirs below their family header.
+# ------------------------------------------------------------------------------------------------
+register(Method(
+    "random", "baseline", input="none", level="well", embed="morphobench.embed.baselines:embed_random",
+    defaults={"dim": 1024, "seed": 0},
+    description="one fixed-seed N(0,1) vector per well (depends only on seed, plate, well)",
+    paper="MAE-CVPR Table 3"))
+register(Method(
+    "pixel_stats", "baseline", input="site", level="site", embed="morphobench.embed.baselines:embed_pixel_stats",
+    description="30 intensity statistics per site (mean, sd, median, p5, p95, fraction above Otsu × 5 channels)",
+    paper="MAE-CVPR Table 3"))
+register(Method(
+    "cellprofiler", "cellprofiler", input="site", level="well",
+    parts="results/{dataset}/cellprofiler/{plate}.wells.parquet", nonfinite="drop_features",
+    description="CellProfiler features (cp-measure or CellProfiler), well medians of the objects",
+    paper="JUMP / MAE-CVPR §5.5"))
+
+
+# ---- TEAMs family (TEAMs paper; models/teams.py) -----------------------------------------------
+
+# ---- MAE family: MAE-ViT, CA-MAE, MU-Net, WSL, ImageNet ViTs (MAE-W / MAE-CVPR; models/mae.py …) --
+
+# ---- Campfire family (Campfire paper; models/campfire.py) ----------------------------------------
+
+
+# ------------------------------------------------------------------------------------------------
+# Config → resolved methods
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Configured:
+    """A method as configured for a run: the method + its parameter overrides."""
+
+    method: Method
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.method.name
+
+    def spec(self, train: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The method's spec; for trained methods the config's ``train:`` settings (device,
+        precision, compile) apply unless the method's own ``params`` set them."""
+        over = dict(self.overrides)
+        if self.method.trains:
+            for k, v in (train or {}).items():
+                over.setdefault(k, v)
+        return self.method.to_spec(over)
+
+
+def user_method(entry: Mapping[str, Any], where: str = "methods") -> Method:
+    """A bring-your-own method from its config entry (checked; errors name the key)."""
+    name = entry.get("name")
+    kind = entry.get("kind")
+    if not isinstance(name, str) or not NAME_RE.match(name) or name == ALL:
+        raise MorphobenchError(f"{where}: name {name!r} must be letters, digits and _ + . - (and not 'all')")
+    if name in REGISTRY:
+        raise MorphobenchError(f"{where}: {name!r} is a registered method; give your method another name")
+    allowed = {"embeddings": {"name", "kind", "path", "description"},
+               "timm": {"name", "kind", "arch", "weights", "input", "params", "description"}}
+    if kind not in allowed:
+        raise MorphobenchError(f"{where} ({name}): kind must be one of {list(USER_KINDS)}, got {kind!r}")
+    extra = sorted(set(entry) - allowed[kind])
+    if extra:
+        raise MorphobenchError(f"{where} ({name}): unknown key(s) {extra} for kind {kind!r}; "
+                               f"allowed: {sorted(allowed[kind])}")
+    if kind == "embeddings":
+        path = entry.get("path")
+        if not isinstance(path, str) or not path:
+            raise MorphobenchError(f"{where} ({name}): kind 'embeddings' needs path: <parquet file>")
+        return Method(name, "user", input="none", level="well", description=entry.get("description", ""),
+                      user={"kind": kind, "path": path})
+    arch, weights, inp = entry.get("arch"), entry.get("weights"), entry.get("input", "cell128")
+    if not isinstance(arch, str) or not arch:
+        raise MorphobenchError(f"{where} ({name}): kind 'timm' needs arch: <timm architecture>")
+    if not isinstance(weights, str) or not weights:
+        raise MorphobenchError(f"{where} ({name}): kind 'timm' needs weights: <local file> or 'random'")
+    if inp not in INPUTS[2:]:
+        raise MorphobenchError(f"{where} ({name}): input must be a crop kind {list(INPUTS[2:])}, got {inp!r}")
+    level = "tile" if inp.startswith("tile") else "cell"
+    defaults = {"batch_size": 64, "normalize": "self", "device": "auto"}
+    return Method(name, "user", input=inp, level=level, embed="morphobench.embed.timm_embed:embed_plate",
+                  defaults=defaults, description=entry.get("description", f"timm {arch}"),
+                  user={"kind": kind, "arch": arch, "weights": weights})
+
+
+def resolve(entries: Iterable[Any], where: str = "methods") -> list[Configured]:
+    """The config's ``methods:`` list → configured methods (names unique, registered or BYO).
+    The item ``all`` stands for every registered method (``config/all_methods.yaml``)."""
+    out: list[Configured] = []
+    seen: set[str] = set()
+    expanded: list[tuple[str, Any]] = []
+    for i, e in enumerate(entries):
+        if e == ALL:
+            expanded += [(f"{where}[{i}] (all: {n})", n) for n in REGISTRY if n not in {
+                x if isinstance(x, str) else x.get("name") for x in entries if x != ALL}]
+        else:
+            expanded.append((f"{where}[{i}]", e))
+    for key, e in expanded:
+        if isinstance(e, str):
+            c = Configured(get_for(e, key))
+        elif isinstance(e, Mapping):
+            if "kind" in e:
+                c = Configured(user_method(e, key))
+            else:
+                extra = sorted(set(e) - {"name", "params"})
+                if extra:
+                    raise MorphobenchError(f"{key}: unknown key(s) {extra}; a registered method takes "
+                                           "{name, params}; your own takes kind: embeddings|timm")
+                m = get_for(e.get("name"), key)
+                params = e.get("params") or {}
+                m.params(params)  # unknown parameters raise now, naming the method
+                c = Configured(m, dict(params))
+        else:
+            raise MorphobenchError(f"{key}: a method is a name or a mapping, got {e!r}")
+        if c.name in seen:
+            raise MorphobenchError(f"{key}: method {c.name!r} listed twice")
+        seen.add(c.name)
+        out.append(c)
+    if not out:
+        raise MorphobenchError(f"{where}: no methods configured")
+    return out
+
+
+def get_for(name: Any, key: str) -> Method:
+    if not isinstance(name, str) or name not in REGISTRY:
+        raise MorphobenchError(f"{key}: unknown method {name!r}; registered: {sorted(REGISTRY)} "
+                               "(or bring your own: {name, kind: embeddings|timm, …})")
+    return REGISTRY[name]
+
+
+def check_files(configured: Iterable[Configured], datasets: Iterable[str], base: str | os.PathLike = ".") -> None:
+    """Bring-your-own files must exist before the run starts (errors name the method and file)."""
+    for c in configured:
+        m = c.method
+        if m.kind == "embeddings":
+            for ds in datasets:
+                p = Path(base) / m.user["path"].format(dataset=ds)
+                if not p.is_file():
+                    raise MorphobenchError(f"method {m.name}: embeddings file not found: {p}")
+        elif m.kind == "timm" and m.user["weights"] != "random":
+            p = Path(base) / m.user["weights"]
+            if not p.is_file():
+                raise MorphobenchError(f"method {m.name}: weights file not found: {p} "
+                                       "(or weights: random for a randomly initialised network)")
+
+
+def evaluation_lists(config: Mapping[str, Any], configured: Mapping[str, Configured]) -> dict[str, Any]:
+    """Method lists of the evaluations, checked against the configured methods:
+    ``cp_regression`` (``evaluate.cp_regression.methods``; ``all`` = every configured method but
+    the CellProfiler features themselves) and ``batch_correction`` (one configured or registered
+    method)."""
+    ev = config.get("evaluate", {})
+    cpr = ev.get("cp_regression", {}).get("methods", "all")
+    if cpr == "all":
+        cpr = [n for n, c in configured.items() if c.method.family != "cellprofiler"]
+    for i, n in enumerate(cpr):
+        if n not in configured:
+            raise MorphobenchError(f"evaluate.cp_regression.methods[{i}]: {n!r} is not one of the configured "
+                                   f"methods {list(configured)}")
+    bc = ev.get("batch_correction", {}).get("method")
+    if bc is not None and bc not in configured and bc not in REGISTRY:
+        raise MorphobenchError(f"evaluate.batch_correction.method: {bc!r} is neither a configured method "
+                               f"{list(configured)} nor a registered one")
+    return {"all": list(configured), "cp_regression": list(cpr), "batch_correction": bc}
+
+
+def provenance(configured: Iterable[Configured]) -> dict[str, dict[str, Any]]:
+    """What each configured method is, for the results tables' provenance sidecars."""
+    out = {}
+    for c in configured:
+        m = c.method
+        d: dict[str, Any] = {"family": m.family, "kind": m.kind, "input": m.input, "level": m.level,
+                             "trains": m.trains}
+        if c.overrides:
+            d["params"] = dict(c.overrides)
+        if m.kind == "embeddings":
+            d["path"] = m.user["path"]
+        if m.kind == "timm":
+            d["arch"] = m.user["arch"]
+            d["weights"] = ("random (randomly initialised network, no trained weights)"
+                            if m.user["weights"] == "random" else m.user["weights"])
+        out[c.name] = d
+    return out
+
+
+def config_schema(schema_file: str | os.PathLike) -> str:
+    """The config schema with the registry's method names filled into ``$defs.method_name``
+    (written once per content to the temp directory; returns its path for
+    ``snakemake.utils.validate``)."""
+    import hashlib
+    import json
+    import tempfile
+
+    import yaml
+
+    schema = yaml.safe_load(Path(schema_file).read_text())
+    schema.setdefault("$defs", {}).setdefault("method_name", {"type": "string"})["enum"] = sorted(REGISTRY) + [ALL]
+    text = json.dumps(schema, sort_keys=True, indent=1)
+    out = Path(tempfile.gettempdir()) / f"morphobench-config-schema-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+    if not out.exists():
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, out)
+    return str(out)
+
+
+def wildcard_regex(configured: Iterable[Configured]) -> str:
+    """Regex for the ``{method}`` wildcard: exactly the configured + registered names."""
+    all_names = sorted(set(REGISTRY) | {c.name for c in configured}, key=lambda s: (-len(s), s))
+    return "|".join(re.escape(n) for n in all_names)
+
+
+def _load_plugins() -> None:
+    for mod in filter(None, (s.strip() for s in os.environ.get("MORPHOBENCH_PLUGINS", "").split(","))):
+        try:
+            importlib.import_module(mod)
+        except ImportError as err:
+            raise MorphobenchError(f"MORPHOBENCH_PLUGINS: cannot import {mod!r}: {err}") from err
+
+
+_load_plugins()

@@ -1,0 +1,98 @@
+"""Training stage: a method spec + crops + split → ``models/{method}/model.pt`` + ``train_log.tsv``.
+
+``model.pt`` is a dict: ``spec`` (the method spec trained), ``model`` (model name), ``model_kwargs``,
+``state_dict`` (the best epoch's weights), ``vocab`` (treatments, groups, plates),
+``channels``, ``augment`` (the evaluation-time normalization), ``best_epoch``, ``fold``, ``versions``.
+:func:`load_trained` rebuilds the model from it for the embed stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from morphobench.io import MorphobenchError, atomic_path, package_versions, read_table, write_tsv
+from morphobench.training.data import CropSet, Vocab, crop_rows, encode, make_vocab
+from morphobench.training.config import TrainConfig, split_params
+from morphobench.training.loop import fit, spec_digest
+from morphobench.training.splits import read_split
+
+log = logging.getLogger("morphobench.training")
+
+
+def build_model(name: str, kwargs: dict[str, Any], *, in_chans: int, vocab: Vocab, seed: int):
+    """``create_model(name, in_chans=…, num_classes=…, num_groups=…, **kwargs)`` after seeding
+    torch, so the initial weights are a function of the seed."""
+    from morphobench.models import create_model
+
+    torch.manual_seed(seed)
+    kw = {"in_chans": in_chans, "num_classes": len(vocab.treatments), "num_groups": len(vocab.groups),
+          **kwargs}
+    try:
+        return create_model(name, **kw)
+    except TypeError as err:
+        raise MorphobenchError(f"model {name!r}: bad parameter: {err}") from err
+
+
+def train_method(spec: dict, crops_index: str | os.PathLike, split_path: str | os.PathLike,
+                 wells_path: str | os.PathLike, out_model: str | os.PathLike, *, fold: int = 0,
+                 overrides: dict | None = None, resume: bool = True) -> Path:
+    """Train ``spec``'s model on the ``train`` rows of ``fold``; best epoch on ``val``."""
+    if not spec.get("trains"):
+        raise MorphobenchError(f"method {spec.get('name')!r} does not train")
+    params = {**spec["params"], **(overrides or {})}
+    cfg, model_kwargs = split_params(params)
+    split = read_split(split_path, fold)
+    wells = read_table(wells_path, what="plate map")
+    rows = crop_rows(crops_index, split, wells)
+    train_rows = rows[rows["split"].isin(cfg.train_splits)]
+    if train_rows.empty:
+        raise MorphobenchError(f"{spec['name']}: no crops in splits {list(cfg.train_splits)} of fold {fold} "
+                               f"({crops_index}, {split_path})")
+    vocab = make_vocab(train_rows, rows, cfg.group_col)
+    train_set = CropSet(encode(train_rows, vocab), cfg.channels, cfg.cache_mb)
+    val_set = CropSet(encode(rows[rows["split"] == "val"], vocab), cfg.channels, cfg.cache_mb)
+    log.info("%s: %d training crops (%d treatments), %d validation crops, channels %s", spec["name"],
+             len(train_set), len(vocab.treatments), len(val_set), train_set.channels)
+    model = build_model(spec["model"], model_kwargs, in_chans=len(train_set.channels), vocab=vocab, seed=cfg.seed)
+    if hasattr(model, "setup_data"):
+        model.setup_data(train_set.rows, vocab)
+    out_model = Path(out_model)
+    digest = spec_digest(spec, {"overrides": overrides or {}, "fold": fold, "n_train": len(train_set)})
+    res = fit(model, train_set, val_set, cfg, out_model.parent, spec_hash=digest, resume=resume)
+    payload = {
+        "spec": spec, "model": spec["model"], "model_kwargs": model_kwargs,
+        "state_dict": res.state_dict, "vocab": vocab.to_dict(), "channels": train_set.channels,
+        "augment": asdict(cfg.augment), "train_config": {k: list(v) if isinstance(v, tuple) else v
+                                                        for k, v in asdict(cfg).items()},
+        "best_epoch": res.best_epoch, "best_value": res.best_value, "fold": fold,
+        "versions": package_versions(("torch", "timm", "numpy")),
+    }
+    with atomic_path(out_model) as tmp:
+        torch.save(payload, tmp)
+    write_tsv(res.log, out_model.parent / "train_log.tsv")
+    log.info("%s: best epoch %d (%s), wrote %s", spec["name"], res.best_epoch, res.best_value, out_model)
+    return out_model
+
+
+def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """(model in eval mode, payload) from a ``model.pt`` written by :func:`train_method`."""
+    path = Path(path)
+    if not path.is_file():
+        raise MorphobenchError(f"trained model not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise MorphobenchError(f"cannot read trained model {path}: {err}") from err
+    vocab = Vocab.from_dict(payload["vocab"])
+    cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in payload["train_config"].items()})
+    model = build_model(payload["model"], payload["model_kwargs"], in_chans=len(payload["channels"]),
+                        vocab=vocab, seed=cfg.seed)
+    model.load_state_dict(payload["state_dict"])
+    model.to(device).eval()
+    return model, payload
