@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from morphobench.correct.stage import arm_inputs, correct_profiles
-from morphobench.embed.stages import gather_wells, pixel_stats_plate
+from morphobench import methods
+from morphobench.embed.stages import EmbedInputs, embed_plate, method_profiles
 from morphobench.evaluate.recall import known_relationship_recall
 from morphobench.evaluate.stages import gene_profiles, run_retrieval
 from morphobench.resources import load_annotation
@@ -18,11 +19,12 @@ def pixel_wells(default_screen, tmp_path_factory):
     out = tmp_path_factory.mktemp("pixel_stats")
     sheet = default_screen / "images.parquet"
     plates = sorted(pd.read_parquet(sheet)["Metadata_Plate"].unique())
+    spec = methods.Configured(methods.get("pixel_stats")).spec()
     parts = []
     for p in plates:
         parts.append(out / f"{p}.parquet")
-        pixel_stats_plate(sheet, p, parts[-1])
-    gather_wells(parts, default_screen / "wells.parquet", sheet, out / "well.parquet")
+        embed_plate(spec, p, parts[-1], EmbedInputs(sheet=str(sheet)))
+    method_profiles(spec, parts, default_screen / "wells.parquet", sheet, out / "well.parquet")
     return pd.read_parquet(out / "well.parquet")
 
 
