@@ -181,8 +181,8 @@ def versions() -> dict:
     import importlib.metadata as md
 
     out = {"protocol": PROTOCOL, "python": sys.version.split()[0]}
-    for name in ("numpy", "scipy", "scikit-image", "tifffile", "cellprofiler-library-nightly",
-                 "cellprofiler-core-nightly", "centriole-nightly"):
+    for name in ("numpy", "scipy", "scikit-image", "tifffile", "imagecodecs",
+                 "cellprofiler-library-nightly", "cellprofiler-core-nightly", "centriole-nightly"):
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
@@ -196,6 +196,62 @@ def image_scale(img) -> float:
     return float(np.iinfo(img.dtype).max) if np.issubdtype(img.dtype, np.integer) else 1.0
 
 
+class TiffCodecError(Exception):
+    """A TIFF whose compression has no decoder in this environment (message names the codec)."""
+
+
+def tiff_codec_problem(tif) -> str | None:
+    """Why the pixels of an open ``tifffile.TiffFile`` cannot be decoded here, or None.
+
+    Checks the compression (and predictor) of its first page against the decoders tifffile has:
+    LZW, Deflate, ZSTD, JPEG … need the ``imagecodecs`` package; an unknown compression code has
+    no decoder at all. Shared by both backends (the in-process reader imports it from here), so a
+    missing codec is reported by name, never as a "truncated or corrupt" file.
+    """
+    from tifffile import COMPRESSION, PREDICTOR, TIFF
+
+    page = tif.pages[0]
+    comp = int(page.compression)
+    try:
+        name = COMPRESSION(comp).name
+    except ValueError:
+        name = None
+    try:
+        TIFF.DECOMPRESSORS[comp]
+    except KeyError as err:
+        if name is None:
+            return f"unknown TIFF compression code {comp} (no decoder exists for it)"
+        reason = str(err).strip("'\"")
+        hint = ("; install the pinned 'imagecodecs' package (pyproject.toml / envs/*.yaml)"
+                if "imagecodecs" in reason else "")
+        return f"TIFF compression {name} (code {comp}) cannot be decoded: {reason}{hint}"
+    pred = int(getattr(page, "predictor", 1) or 1)
+    if pred != 1:
+        try:
+            TIFF.PREDICTORS[pred]
+        except KeyError as err:
+            try:
+                pname = PREDICTOR(pred).name
+            except ValueError:
+                pname = f"code {pred}"
+            return f"TIFF predictor {pname} (compression {name}) cannot be decoded: {str(err).strip(chr(39))}"
+    return None
+
+
+def read_tiff(path: str):
+    """Pixels of a TIFF (tifffile), with a codec that cannot be decoded reported by name.
+
+    Raises :class:`TiffCodecError` (message names the codec) or tifffile's own errors.
+    """
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        problem = tiff_codec_problem(tif)
+        if problem:
+            raise TiffCodecError(problem)
+        return tif.asarray()
+
+
 def read_image(path: str, with_scale: bool = False):
     """One 2-D plane as float32 in CellProfiler's [0, 1] scale; errors name the file."""
     np = _np()
@@ -203,13 +259,13 @@ def read_image(path: str, with_scale: bool = False):
         raise WorkerError("image file not found", path)
     try:
         if path.lower().endswith((".tif", ".tiff")):
-            import tifffile
-
-            img = tifffile.imread(path)
+            img = read_tiff(path)
         else:
             import skimage.io
 
             img = skimage.io.imread(path)
+    except TiffCodecError as err:
+        raise WorkerError(f"cannot read image: {err}", path) from err
     except Exception as err:
         raise WorkerError(f"cannot read image: {type(err).__name__}: {err} (truncated or corrupt file?)",
                           path) from err

@@ -26,6 +26,7 @@ from morphobench.data.tables import (
     sheet_channels,
     validate_image_sheet,
 )
+from morphobench.images.cp_worker import TiffCodecError, read_tiff
 from morphobench.io import MorphobenchError, atomic_path, load_json_arg, read_table
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -92,19 +93,21 @@ def site_paths(row: Mapping[str, Any] | pd.Series, channels: Sequence[str],
 # Single images
 # --------------------------------------------------------------------------------------------
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read one 2-D image; errors name the file (missing, truncated, not 2-D)."""
+    """Read one 2-D image; errors name the file (missing, truncated, not 2-D, or a TIFF
+    compression without a decoder, named: LZW, Deflate, ZSTD … need ``imagecodecs``)."""
     path = Path(path)
     if not path.exists():
         raise MorphobenchError(f"image file not found: {path}")
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
-            import tifffile
 
-            img = tifffile.imread(path)
+            img = read_tiff(str(path))
         else:
             import imageio.v3 as iio
 
             img = iio.imread(path)
+    except TiffCodecError as err:  # a compression without a decoder here: name it
+        raise MorphobenchError(f"cannot read image {path}: {err}") from err
     except Exception as err:
         raise MorphobenchError(f"cannot read image {path}: {type(err).__name__}: {err} "
                                "(truncated or corrupt file?)") from err
