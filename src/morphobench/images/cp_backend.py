@@ -55,7 +55,7 @@ import pandas as pd
 
 from morphobench.data.tables import SITE_KEYS, sheet_channels
 from morphobench.images.cp_worker import SCALE_PER_SIGMA
-from morphobench.images.illum import IllumParams, effective_median_size, save_illum_png
+from morphobench.images.illum import IllumParams, cp_median_radius, effective_median_size, save_illum_png
 from morphobench.images.io import IllumFunctions, site_label, site_meta, site_paths
 from morphobench.images.segment import (
     OBJECTS,
@@ -297,6 +297,14 @@ def cp_illum_settings(params: IllumParams, width: int, overrides: Mapping | None
     diameter equals the in-process square window's side; rescaling "Yes" = divide by the 2nd
     percentile (CellProfiler's fixed robust minimum; ``robust_min_percentile`` must be 2).
     """
+    if params.method == "cellprofiler":  # the JUMP pipeline: Resize, then CellProfiler's own filter size
+        if abs(params.robust_min_percentile - 2.0) > 1e-9:
+            raise MorphobenchError("CellProfiler's illumination rescaling uses the 2nd percentile; illum "
+                                   f"robust_min_percentile={params.robust_min_percentile}")
+        out = {"resize_factor": float(params.resize_factor), "smoothing_method": "Median Filter",
+               "filter_size": int(params.filter_size), "rescale": "Yes", "skip_blank": True}
+        out.update(overrides or {})
+        return out
     if abs(params.robust_min_percentile - 2.0) > 1e-9:
         raise MorphobenchError("the cellprofiler backend's illumination rescaling uses the 2nd "
                                f"percentile; illum robust_min_percentile={params.robust_min_percentile}")
@@ -344,7 +352,9 @@ def run_illum_cp(rows: pd.DataFrame, out: str | os.PathLike, params: IllumParams
         log.warning("illum (cellprofiler): plate %s site %s channel %s: blank image (skipped)",
                     plate, sites[rec["site"]]["site"], rec["channel"])
     meta = {"backend": "cellprofiler", "params": asdict(params), "cp_settings": settings,
-            "n_images": extra["n_images"], "median_size_used": effective_median_size(width, params),
+            "n_images": extra["n_images"],
+            "median_size_used": (effective_median_size(width, params) if params.method != "cellprofiler"
+                                 else 2 * cp_median_radius(params.filter_size) + 1),
             "qc": [{"site": sites[r["site"]]["site"], "channel": r["channel"], "issue": "blank image"}
                    for r in extra["skipped"]],
             "versions": res.get("versions", {})}
@@ -403,6 +413,8 @@ def cp_segment_settings(params: SegmentParams, overrides: Mapping | None = None,
       threshold is computed on the raw image and only the binarised image is smoothed; the
       secondary objects grow on the unsmoothed cell channel.
     """
+    if params.method == "cellprofiler":
+        return _cp_settings_cellprofiler(params, overrides)
     overrides = dict(overrides or {})
     smoothing = overrides.pop("smoothing", "gaussian_filter")
     if smoothing not in ("gaussian_filter", "threshold"):
@@ -462,6 +474,48 @@ def cp_segment_settings(params: SegmentParams, overrides: Mapping | None = None,
                   "cells_threshold_smoothing_scale": 0.0,
                   "cells_watershed_sigma": float(params.cell_watershed_sigma)})
     s.update(overrides)
+    return s
+
+
+def _cp_settings_cellprofiler(params: SegmentParams, overrides: Mapping | None = None) -> dict:
+    """Worker settings of ``method="cellprofiler"`` (the ``jump`` preset): CellProfiler's own
+    modules with the very settings the in-process :mod:`~morphobench.images.identify` follows."""
+    if params.cell_method != "intensity" or params.declump not in ("shape", "none"):
+        raise MorphobenchError("segment method cellprofiler: use declump 'shape' and cell_method 'intensity'")
+    tm = _THRESHOLD_METHODS.get(params.threshold_method)
+    if tm is None:
+        raise MorphobenchError(f"segment method cellprofiler: nuclei threshold {params.threshold_method!r}; "
+                               f"use {sorted(_THRESHOLD_METHODS)}")
+    if params.cell_threshold_method != "otsu":
+        raise MorphobenchError("segment method cellprofiler: the cell threshold is Otsu (2 or 3 classes)")
+    lines = params.dividing_lines or params.declump
+    s = {
+        "nuclei_channel": params.nuclei_channel, "min_contrast": float(params.min_contrast),
+        "nuclei_background": ({"block_size": int(params.nuclei_background_block),
+                               "filter_size": float(params.nuclei_background_filter)}
+                              if params.nuclei_background_block else None),
+        "pre_smooth_sigma": 0.0, "threshold_method": tm,
+        "threshold_smoothing_scale": float(params.smooth_sigma) * SCALE_PER_SIGMA,
+        "threshold_correction_factor": float(params.threshold_correction),
+        "threshold_min": float(params.threshold_bounds[0]), "threshold_max": float(params.threshold_bounds[1]),
+        "min_diameter": params.min_diameter, "max_diameter": params.max_diameter,
+        "exclude_size": True, "exclude_border_objects": False,
+        "unclump_method": _DECLUMP[params.declump],
+        "watershed_method": _DECLUMP.get(lines, "None") if params.declump != "none" else "None",
+        "declump_smoothing_filter_size": 10, "maxima_suppression_size": params.maxima_suppression,
+        "low_res_maxima": False, "fill_holes": "After declumping only",
+        "cells_channel": params.cell_channel, "cells_foreground_channels": [params.cell_channel],
+        "cells_method": "Watershed - Image", "cells_threshold_mode": "module",
+        "cells_threshold_method": "Multi-Otsu" if params.cell_threshold_classes == 3 else "Otsu",
+        "cells_threshold_log": bool(params.cell_threshold_log),
+        "cells_threshold_correction_factor": float(params.cell_threshold_correction),
+        "cells_threshold_min": float(params.cell_threshold_bounds[0]),
+        "cells_threshold_max": float(params.cell_threshold_bounds[1]),
+        "cells_threshold_smoothing_scale": float(params.cell_smooth_sigma) * SCALE_PER_SIGMA,
+        "cells_fill_holes": True, "discard_edge_cells": False,
+        "filter_border_after_cells": bool(params.exclude_border),
+    }
+    s.update(overrides or {})
     return s
 
 
@@ -572,6 +626,47 @@ def labels_to_npz(labels_store: str | os.PathLike, rows: pd.DataFrame, path: Pat
         out[f"s{j}_cells"] = lab[1].astype(np.int32)
     np.savez(path, **out)
     return path
+
+
+_CP_CORRELATIONS = {"pearson": "Correlation", "manders": "Manders", "rwc": "RWC", "overlap": "Overlap",
+                    "costes": "Costes"}
+
+
+def cp_measure_settings(params, overrides: Mapping | None = None) -> dict:
+    """The worker's measurement settings (``cp_worker.MEASURE_DEFAULTS``) that measure what the
+    in-process features (:class:`~morphobench.images.features.FeatureParams`) measure: the same
+    compartments, groups, channels, texture scales and levels, granularity, radial bins,
+    colocalization types and threshold, neighbour sets and cytoplasm definition."""
+    from morphobench.images.features import feature_params, neighbor_sets
+
+    if isinstance(params, Mapping):
+        raw = dict(params)
+        params = feature_params(raw.pop("preset", "full"), **raw)
+    if params.radial_zernikes and "RadialDistribution" in params.groups:
+        log.warning("cellprofiler backend: RadialDistribution Zernike moments are not measured by the "
+                    "worker (JUMP measures none); set radial_zernikes false for equal feature sets")
+    if params.max_objects_per_well:
+        raise MorphobenchError("features max_objects_per_well is not supported by the cellprofiler backend "
+                               "(it measures every object); set it to 0")
+    unknown = sorted(set(params.correlations) - set(_CP_CORRELATIONS))
+    if unknown:
+        raise MorphobenchError(f"unknown correlation measure(s) {unknown}; allowed {sorted(_CP_CORRELATIONS)}")
+    s = {"compartments": list(params.compartments), "categories": list(params.groups),
+         "channels": list(params.channels) or None, "zernike": bool(params.zernike),
+         "advanced_shape": bool(params.advanced_shape),
+         "texture_scales": [int(x) for x in params.texture_scales],
+         "texture_gray_levels": int(params.texture_gray_levels),
+         "granularity_spectrum_length": int(params.granularity_spectrum),
+         "granularity_subsample_size": float(params.granularity_subsample),
+         "granularity_image_sample_size": float(params.granularity_image_sample),
+         "granularity_element_size": int(params.granularity_element_size),
+         "radial_bins": int(params.radial_bins),
+         "neighbors": [[c, m, int(d)] for c, m, d in neighbor_sets(params)],
+         "correlation_types": [_CP_CORRELATIONS[c] for c in params.correlations],
+         "correlation_threshold": float(params.correlation_threshold),
+         "shrink_primary": bool(params.shrink_nuclei)}
+    s.update(overrides or {})
+    return s
 
 
 def run_features_cp(rows: pd.DataFrame, labels_store: str | os.PathLike, out: str | os.PathLike, *,

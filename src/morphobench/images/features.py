@@ -73,6 +73,9 @@ class FeatureParams:
     #: AreaShape extras
     zernike: bool = True
     feret: bool = True
+    #: AreaShape: also the moments, inertia tensor, FilledArea, PerimeterCrofton (CellProfiler's
+    #: "advanced features"; JUMP: no)
+    advanced_shape: bool = True
     #: Texture: one Haralick set per scale (px) and gray levels
     texture_scales: tuple[int, ...] = (3, 5, 10)
     texture_gray_levels: int = 256
@@ -86,9 +89,18 @@ class FeatureParams:
     radial_zernikes: bool = True
     #: Correlation measures: any of pearson, manders, rwc, overlap, costes
     correlations: tuple[str, ...] = CORRELATIONS
+    #: Manders / RWC / Costes threshold, % of each object's maximum intensity (CellProfiler: 15)
+    correlation_threshold: float = 15.0
     #: MeasureObjectNeighbors method: "Adjacent" | "Expand until adjacent" | "Within a specified distance"
     neighbors_method: str = "Expand until adjacent"
     neighbors_distance: int = 5
+    #: explicit neighbour sets "Compartment:how", how = a distance in px, "Adjacent" or
+    #: "Expanded" (JUMP: Nuclei:1, Cells:5, Cells:Adjacent); empty: ``neighbors_method`` /
+    #: ``neighbors_distance`` for Nuclei and Cells
+    neighbors: tuple[str, ...] = ()
+    #: Cytoplasm = cells − nuclei shrunk by their 1-px outline first (CellProfiler
+    #: IdentifyTertiaryObjects "shrink smaller object", JUMP: yes); false: cells − nuclei
+    shrink_nuclei: bool = True
     #: intensities are divided by this (CellProfiler's [0, 1] scale for 16-bit files)
     intensity_scale: float = 65535.0
     #: measure at most this many objects per well (seeded random subset; 0 = all)
@@ -108,6 +120,18 @@ PRESETS: dict[str, dict] = {
              "zernike": False, "correlations": ("pearson",)},
     "minimal": {"texture_scales": (3,), "zernike": False, "correlations": ("pearson",),
                 "groups": ("AreaShape", "Intensity", "Texture", "Correlation")},
+    # The JUMP production pipelines' measurement settings (shared/JUMP_PIPELINE.md §5):
+    # MeasureObjectSizeShape Zernike yes / advanced no; MeasureTexture 256 levels at 3, 5, 10 px;
+    # MeasureGranularity radius 10, spectrum 16, subsampling 0.5 and 0.5;
+    # MeasureObjectIntensityDistribution 4 scaled bins, no Zernike; MeasureColocalization all
+    # metrics at 15 % without Costes; MeasureObjectNeighbors nuclei within 1 px, cells within
+    # 5 px and adjacent; Cytoplasm from shrunk nuclei.
+    "jump": {"texture_scales": (3, 5, 10), "texture_gray_levels": 256, "zernike": True, "feret": True,
+             "advanced_shape": False, "granularity_spectrum": 16, "granularity_subsample": 0.5,
+             "granularity_image_sample": 0.5, "granularity_element_size": 10, "radial_bins": 4,
+             "radial_zernikes": False, "correlations": ("pearson", "manders", "rwc", "overlap"),
+             "correlation_threshold": 15.0, "neighbors": ("Nuclei:1", "Cells:5", "Cells:Adjacent"),
+             "shrink_nuclei": True},
 }
 
 
@@ -229,7 +253,8 @@ def _measure_compartment(labels: np.ndarray, pixels: np.ndarray, channels: Seque
     core, corr = _funcs()
     g = set(params.groups)
     if "AreaShape" in g:
-        res.update(core["sizeshape"](clean, None))
+        res.update(core["sizeshape"](clean, None, calculate_advanced=params.advanced_shape,
+                                     new_features=params.advanced_shape))
         if params.zernike:
             res.update(core["zernike"](clean, None))
         if params.feret:
@@ -240,8 +265,11 @@ def _measure_compartment(labels: np.ndarray, pixels: np.ndarray, channels: Seque
         if "Intensity" in g:
             out.update(core["intensity"](clean, px))
         if "Texture" in g:
+            from morphobench.images.texture import texture_features
+
             for sc in params.texture_scales:
-                out.update(core["texture"](clean, px, scale=int(sc), gray_levels=params.texture_gray_levels))
+                out.update(texture_features(clean, px, int(ids.size), scale=int(sc),
+                                            gray_levels=params.texture_gray_levels))
         if "Granularity" in g:
             out.update(core["granularity"](clean, px, subsample_size=params.granularity_subsample,
                                            image_sample_size=params.granularity_image_sample,
@@ -260,20 +288,50 @@ def _measure_compartment(labels: np.ndarray, pixels: np.ndarray, channels: Seque
             for j in range(i + 1, len(channels)):
                 for cname in params.correlations:
                     kw = {"scale_max": 65535} if cname == "costes" else {}
+                    if cname in ("manders", "rwc", "costes"):
+                        kw["thr"] = params.correlation_threshold
                     p1, p2 = pixels[i], pixels[j]
                     if cname == "costes":
                         p1, p2 = np.clip(p1, 0, 1), np.clip(p2, 0, 1)
-                    out = corr[cname](pixels_1=p1, pixels_2=p2, masks=clean, **kw)
+                    if cname == "rwc":  # CellProfiler's site-wide ranks (cp-measure ranks per object)
+                        from morphobench.images.colocalization import rwc_objects
+
+                        out = rwc_objects(p1, p2, clean, int(ids.size), params.correlation_threshold)
+                    else:
+                        out = corr[cname](pixels_1=p1, pixels_2=p2, masks=clean, **kw)
                     res.update({f"{k}__{channels[i]}__{channels[j]}": np.asarray(v, np.float64)
                                 for k, v in out.items()})
     return ids, res
 
 
-def _neighbors(labels: np.ndarray, params: FeatureParams) -> dict[str, np.ndarray]:
+_NEIGHBOR_HOW = {"adjacent": ("Adjacent", 0), "expanded": ("Expand until adjacent", 0)}
+
+
+def neighbor_sets(params: FeatureParams) -> list[tuple[str, str, int]]:
+    """``(compartment, MeasureObjectNeighbors method, distance)`` of every neighbour measurement."""
+    if not params.neighbors:
+        return [(c, params.neighbors_method, int(params.neighbors_distance)) for c in ("Nuclei", "Cells")]
+    out = []
+    for spec in params.neighbors:
+        comp, _, how = str(spec).partition(":")
+        if comp not in COMPARTMENTS or not how:
+            raise MorphobenchError(f"neighbors entry {spec!r}: use 'Compartment:how' with a compartment of "
+                                   f"{COMPARTMENTS} and how = a distance in px, 'Adjacent' or 'Expanded'")
+        if how.lower() in _NEIGHBOR_HOW:
+            out.append((comp, *_NEIGHBOR_HOW[how.lower()]))
+        elif how.isdigit() and int(how) >= 1:
+            out.append((comp, "Within a specified distance", int(how)))
+        else:
+            raise MorphobenchError(f"neighbors entry {spec!r}: {how!r} is not a distance (px ≥ 1), "
+                                   "'Adjacent' or 'Expanded'")
+    return out
+
+
+def _neighbors(labels: np.ndarray, method: str, distance: int) -> dict[str, np.ndarray]:
     from cp_measure.bulk import get_multimask_measurements
 
     fn = get_multimask_measurements()["neighbors"]
-    kw = {"distance_method": params.neighbors_method, "distance": params.neighbors_distance}
+    kw = {"distance_method": method, "distance": distance}
     n = int(labels.max()) if labels.size else 0
     if n <= 1:
         # cp_measure 0.3.0 raises UnboundLocalError for label images with fewer than 2 objects
@@ -286,6 +344,43 @@ def _neighbors(labels: np.ndarray, params: FeatureParams) -> dict[str, np.ndarra
         keys = fn(probe, probe, **kw).keys()
         return {k: np.zeros(n, dtype=np.float64) for k in keys}
     return fn(labels, labels, **kw)
+
+
+def label_outline(labels: np.ndarray) -> np.ndarray:
+    """Outline pixels of a label image (CellProfiler's ``outline``): a labelled pixel with an
+    8-neighbour of another value, and every labelled pixel on the image edge; returns a mask."""
+    lab = np.asarray(labels)
+    diff = np.zeros(lab.shape, bool)
+    for a, b in (((slice(1, None), slice(None)), (slice(None, -1), slice(None))),
+                 ((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
+                 ((slice(1, None), slice(1, None)), (slice(None, -1), slice(None, -1))),
+                 ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None)))):
+        d = lab[a] != lab[b]
+        diff[a] |= d
+        diff[b] |= d
+    diff[0, :] = diff[-1, :] = True
+    diff[:, 0] = diff[:, -1] = True
+    return diff & (lab != 0)
+
+
+def cytoplasm_labels(nuclei: np.ndarray, cells: np.ndarray, shrink: bool = True) -> np.ndarray:
+    """Cytoplasm = cells − nuclei, as CellProfiler's IdentifyTertiaryObjects.
+
+    ``shrink`` ("Shrink smaller object prior to subtraction", JUMP: yes): the nuclei lose their
+    1-pixel outline first, so the outline stays in the cytoplasm. A cell left with no pixel keeps
+    its first (row-major) pixel, as CellProfiler does, so every cell has a cytoplasm object.
+    """
+    nuclei = np.asarray(nuclei)
+    cells = np.asarray(cells)
+    keep = (nuclei == 0) | label_outline(nuclei) if shrink else nuclei == 0
+    cyto = np.where(keep, cells, 0)
+    ids, first = np.unique(cells.ravel(), return_index=True)
+    have = np.zeros(int(ids.max(initial=0)) + 1, bool)
+    have[np.unique(cyto)] = True
+    for lab, pos in zip(ids, first, strict=True):
+        if lab and not have[lab]:
+            cyto.flat[pos] = lab
+    return cyto
 
 
 def measure_site(img: np.ndarray, nuclei: np.ndarray, cells: np.ndarray, channels: Sequence[str],
@@ -309,10 +404,12 @@ def measure_site(img: np.ndarray, nuclei: np.ndarray, cells: np.ndarray, channel
     unknown = set(params.groups) - set(GROUPS)
     if unknown:
         raise MorphobenchError(f"unknown feature group(s) {sorted(unknown)}; allowed {GROUPS}")
+    nsets = neighbor_sets(params) if "Neighbors" in params.groups else []
     sel = np.zeros(n + 1, bool)
     sel[wanted[wanted <= n]] = True
     pixels = np.asarray(img, np.float64) / float(params.intensity_scale)
-    masks = {"Nuclei": nuclei, "Cells": cells, "Cytoplasm": np.where(nuclei > 0, 0, cells)}
+    masks = {"Nuclei": nuclei, "Cells": cells,
+             "Cytoplasm": cytoplasm_labels(nuclei, cells, params.shrink_nuclei)}
     cols: dict[str, np.ndarray] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -320,12 +417,13 @@ def measure_site(img: np.ndarray, nuclei: np.ndarray, cells: np.ndarray, channel
         for comp in params.compartments:
             lab = np.where(sel[masks[comp]], masks[comp], 0)
             ids, res = _measure_compartment(lab, pixels, channels, params)
-            if "Neighbors" in params.groups and comp in ("Nuclei", "Cells") and masks[comp].max() > 0:
+            if "Neighbors" in params.groups and masks[comp].max() > 0:
                 full_ids = np.unique(masks[comp][masks[comp] > 0])
                 if full_ids.size == masks[comp].max():  # neighbours need contiguous labels
-                    nb = _neighbors(masks[comp], params)
-                    pos = np.searchsorted(full_ids, ids)
-                    res.update({k: np.asarray(v, np.float64)[pos] for k, v in nb.items()})
+                    for _, method, dist in (t for t in nsets if t[0] == comp):
+                        nb = _neighbors(masks[comp], method, dist)
+                        pos = np.searchsorted(full_ids, ids)
+                        res.update({k: np.asarray(v, np.float64)[pos] for k, v in nb.items()})
             for k, v in res.items():
                 name = cellprofiler_name(k, comp, channels)
                 if name is None:

@@ -247,15 +247,22 @@ def load_illum(path: str | os.PathLike | None) -> IllumFunctions | None:
 # --------------------------------------------------------------------------------------------
 # Parameters
 # --------------------------------------------------------------------------------------------
-def params_from(cls, params: Mapping[str, Any] | str | None = None, **overrides):
+def params_from(cls, params: Mapping[str, Any] | str | None = None, *,
+                presets: Mapping[str, Mapping[str, Any]] | None = None, **overrides):
     """Build a params dataclass from defaults + a dict / JSON string / ``@file.json``.
 
-    Unknown keys raise :class:`MorphobenchError` listing the allowed ones.
+    With ``presets``, a ``preset`` key names the entry applied first (other keys override it).
+    Unknown keys or presets raise :class:`MorphobenchError` listing the allowed ones.
     """
     if isinstance(params, str):
         params = load_json_arg(params, "--params")
     merged = dict(params or {})
     merged.update(overrides)
+    if presets is not None and "preset" in merged:
+        name = merged.pop("preset")
+        if name not in presets:
+            raise MorphobenchError(f"{cls.__name__}: unknown preset {name!r}; choose {sorted(presets)}")
+        merged = {**presets[name], **merged}
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(merged) - names)
     if unknown:
