@@ -252,6 +252,7 @@ def _measure_compartment(labels: np.ndarray, pixels: np.ndarray, channels: Seque
         return ids, res
     core, corr = _funcs()
     g = set(params.groups)
+    radial_cache = None  # the objects' centres and distances, shared by the channels
     if "AreaShape" in g:
         res.update(core["sizeshape"](clean, None, calculate_advanced=params.advanced_shape,
                                      new_features=params.advanced_shape))
@@ -270,13 +271,12 @@ def _measure_compartment(labels: np.ndarray, pixels: np.ndarray, channels: Seque
             for sc in params.texture_scales:
                 out.update(texture_features(clean, px, int(ids.size), scale=int(sc),
                                             gray_levels=params.texture_gray_levels))
-        if "Granularity" in g:
-            out.update(core["granularity"](clean, px, subsample_size=params.granularity_subsample,
-                                           image_sample_size=params.granularity_image_sample,
-                                           element_size=params.granularity_element_size,
-                                           granular_spectrum_length=params.granularity_spectrum))
         if "RadialDistribution" in g:
-            out.update(core["radial_distribution"](clean, px, bin_count=params.radial_bins))
+            from morphobench.images.radial import radial_distribution
+
+            if radial_cache is None:
+                radial_cache = {}
+            out.update(radial_distribution(clean, px, int(ids.size), params.radial_bins, cache=radial_cache))
             if params.radial_zernikes:
                 out.update(core["radial_zernikes"](clean, px))
         res.update({f"{k}__{ch}": v for k, v in out.items()})
@@ -414,9 +414,24 @@ def measure_site(img: np.ndarray, nuclei: np.ndarray, cells: np.ndarray, channel
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         warnings.simplefilter("ignore", UserWarning)
+        labs = {comp: np.where(sel[masks[comp]], masks[comp], 0) for comp in params.compartments}
+        gran = {}
+        if "Granularity" in params.groups:  # one spectrum per channel serves every compartment
+            from morphobench.images.granularity import granularity
+
+            ops: dict = {}
+            comps = {c: (lab, int(lab.max())) for c, lab in labs.items()}
+            for ci, ch in enumerate(channels):
+                gran[ch] = granularity(pixels[ci], comps, subsample=params.granularity_subsample,
+                                       image_sample=params.granularity_image_sample,
+                                       element_size=params.granularity_element_size,
+                                       spectrum=params.granularity_spectrum, operators=ops)
         for comp in params.compartments:
-            lab = np.where(sel[masks[comp]], masks[comp], 0)
+            lab = labs[comp]
             ids, res = _measure_compartment(lab, pixels, channels, params)
+            for ch, by_comp in gran.items():
+                if ids.size:
+                    res.update({f"{k}__{ch}": v[ids - 1] for k, v in by_comp[comp].items()})
             if "Neighbors" in params.groups and masks[comp].max() > 0:
                 full_ids = np.unique(masks[comp][masks[comp] > 0])
                 if full_ids.size == masks[comp].max():  # neighbours need contiguous labels
