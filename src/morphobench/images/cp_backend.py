@@ -645,9 +645,6 @@ def cp_measure_settings(params, overrides: Mapping | None = None) -> dict:
     if params.radial_zernikes and "RadialDistribution" in params.groups:
         log.warning("cellprofiler backend: RadialDistribution Zernike moments are not measured by the "
                     "worker (JUMP measures none); set radial_zernikes false for equal feature sets")
-    if params.max_objects_per_well:
-        raise MorphobenchError("features max_objects_per_well is not supported by the cellprofiler backend "
-                               "(it measures every object); set it to 0")
     unknown = sorted(set(params.correlations) - set(_CP_CORRELATIONS))
     if unknown:
         raise MorphobenchError(f"unknown correlation measure(s) {unknown}; allowed {sorted(_CP_CORRELATIONS)}")
@@ -671,7 +668,7 @@ def cp_measure_settings(params, overrides: Mapping | None = None) -> dict:
 
 def run_features_cp(rows: pd.DataFrame, labels_store: str | os.PathLike, out: str | os.PathLike, *,
                     illum=None, root=None, python=None, settings: Mapping | None = None,
-                    timeout: float | None = None) -> pd.DataFrame:
+                    timeout: float | None = None, params=None, workers: int = 1) -> pd.DataFrame:
     """Object-level CellProfiler measurements of one plate; writes ``out`` (parquet).
 
     ``settings``: the worker's measurement settings (``cp_worker.MEASURE_DEFAULTS`` names:
@@ -684,14 +681,35 @@ def run_features_cp(rows: pd.DataFrame, labels_store: str | os.PathLike, out: st
     """
     if rows.empty:
         raise MorphobenchError("features (cellprofiler): no sites")
+    if params is not None:  # the in-process FeatureParams: the same measurement
+        settings = {**cp_measure_settings(params), **dict(settings or {})}
     settings = dict(settings or {})
     channels = list(settings.get("channels") or sheet_channels(rows))
     sites = request_sites(rows, channels, root)
+    # ``workers`` > 1: that many worker processes, each on a contiguous share of the sites
+    chunks = [c for c in np.array_split(np.arange(len(rows)), max(1, min(int(workers), len(rows)))) if len(c)]
     with _Workdir() as wd:
-        lpath = labels_to_npz(labels_store, rows, wd / "labels_in.npz")
-        run_worker("measure", sites, channels, settings, wd, python=python,
-                   illum=_illum_file(illum, wd), labels=lpath, timeout=timeout)
-        feats = pd.read_csv(wd / "measure" / "features.csv")  # repr floats: exact
+        ipath = _illum_file(illum, wd)
+
+        def one(k: int) -> pd.DataFrame:
+            idx = chunks[k]
+            sub = wd / f"part{k}"
+            sub.mkdir()
+            lpath = labels_to_npz(labels_store, rows.iloc[idx], sub / "labels_in.npz")
+            run_worker("measure", [sites[j] for j in idx], channels, settings, sub, python=python,
+                       illum=ipath, labels=lpath, timeout=timeout)
+            part = pd.read_csv(sub / "measure" / "features.csv")  # repr floats: exact
+            part["site"] = idx[part["site"].to_numpy()]
+            return part
+
+        if len(chunks) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(len(chunks)) as ex:
+                parts = list(ex.map(one, range(len(chunks))))
+        else:
+            parts = [one(0)]
+        feats = pd.concat(parts, ignore_index=True)
     meta = pd.DataFrame([site_meta(r) for _, r in rows.iterrows()])
     meta["ImageNumber"] = np.arange(1, len(rows) + 1, dtype=np.int64)
     site = feats.pop("site").to_numpy()
@@ -702,6 +720,17 @@ def run_features_cp(rows: pd.DataFrame, labels_store: str | os.PathLike, out: st
         df[k] = df[k].astype(rows[k].dtype)
     fcols = [c for c in df.columns if c not in (*SITE_KEYS, "ImageNumber", "ObjectNumber")]
     df[fcols] = df[fcols].astype(np.float64)
+    if params is not None and params.max_objects_per_well:
+        # the in-process backend's seeded subset of objects per well (CellProfiler measured all)
+        from morphobench.images.features import _select_objects
+
+        _, lsites = open_labels(labels_store)
+        pick = _select_objects(lsites, params)
+        keep = np.zeros(len(df), bool)
+        for im, objs in pick.items():
+            sel = df["ImageNumber"].to_numpy() == im
+            keep |= sel if objs is None else sel & np.isin(df["ObjectNumber"].to_numpy(), objs)
+        df = df[keep].reset_index(drop=True)
     write_parquet(df, out)
     return df
 

@@ -241,6 +241,23 @@ def _funcs():
     return core, corr
 
 
+def _intensity(labels: np.ndarray, px: np.ndarray, n: int, core) -> dict[str, np.ndarray]:
+    """MeasureObjectIntensity as CellProfiler: quartiles and median interpolated at n·q in the
+    sorted pixels (cp-measure's ``legacy``), MAD = the median (scipy's, mean of the two middle
+    values) of |x − that median| (cellprofiler-library 5; CellProfiler 4.1.3 took the n·½
+    interpolated value instead, see README "Parity")."""
+    from scipy import ndimage
+
+    out = core["intensity"](labels, px, legacy=True)
+    med = np.zeros(n + 1)
+    med[1:] = out["Intensity_MedianIntensity"]
+    inside = labels > 0
+    dev = np.abs(px[inside] - med[labels[inside]])
+    mad = ndimage.median(dev, labels[inside], np.arange(1, n + 1))
+    out["Intensity_MADIntensity"] = np.nan_to_num(np.asarray(mad, float), nan=0.0)
+    return out
+
+
 def _measure_compartment(labels: np.ndarray, pixels: np.ndarray, channels: Sequence[str],
                          params: FeatureParams) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """cp_measure features (featurizer-style names) of one label image; returns (ids, results)."""
@@ -264,7 +281,7 @@ def _measure_compartment(labels: np.ndarray, pixels: np.ndarray, channels: Seque
         px = pixels[ci]
         out: dict[str, np.ndarray] = {}
         if "Intensity" in g:
-            out.update(core["intensity"](clean, px))
+            out.update(_intensity(clean, px, int(ids.size), core))
         if "Texture" in g:
             from morphobench.images.texture import texture_features
 
@@ -470,36 +487,54 @@ def _select_objects(sites: pd.DataFrame, params: FeatureParams) -> dict[int, np.
     return out
 
 
+def _measure_task(task: tuple) -> pd.DataFrame | None:
+    """One site of :func:`run_features` (a top-level function: runs in worker processes too)."""
+    row, i, labels, channels, params, illum, root, pick = task
+    larr, _ = open_labels(labels)
+    nuc, cel = np.asarray(larr[i])
+    img = read_site(row, channels, illum=illum, root=root)
+    if img.shape[1:] != nuc.shape:
+        raise MorphobenchError(f"site {site_label(row)}: image {img.shape[1:]} vs labels {nuc.shape}")
+    df = measure_site(img, nuc, cel, channels, params, object_numbers=pick)
+    meta = site_meta(row)
+    front = pd.DataFrame({**{k: [v] * len(df) for k, v in meta.items()},
+                          "ImageNumber": np.full(len(df), i + 1, np.int64)})
+    return pd.concat([front, df], axis=1)
+
+
 def run_features(rows: pd.DataFrame, labels: str | os.PathLike, objects_out: str | os.PathLike,
                  wells_out: str | os.PathLike | None = None, params: FeatureParams = FeatureParams(), *,
                  illum: IllumFunctions | None = None, plate_map: pd.DataFrame | None = None,
-                 root=None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """Measure every site of one plate; write object-level (and well-level) parquet."""
+                 root=None, workers: int = 1) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Measure every site of one plate; write object-level (and well-level) parquet.
+
+    ``workers`` > 1 measures sites in that many processes (the rule's ``threads``); the output
+    is the same (sites keep their order)."""
     channels = list(params.channels) or sheet_channels(rows)
-    larr, lsites = open_labels(labels)
+    _, lsites = open_labels(labels)
     lkey = lsites[list(SITE_KEYS)].astype(str).agg("/".join, axis=1).tolist()
     lpos = {k: i for i, k in enumerate(lkey)}
     choose = _select_objects(lsites, params)
-    parts = []
-    for _, row in progress(rows.iterrows(), total=len(rows), desc="features"):
+    tasks = []
+    for _, row in rows.iterrows():
         key = "/".join(str(row[k]) for k in SITE_KEYS)
         if key not in lpos:
             raise MorphobenchError(f"label store {labels} has no site {site_label(row)}")
         i = lpos[key]
         if int(lsites["Count_Nuclei"].iloc[i]) == 0:
             continue
-        nuc, cel = np.asarray(larr[i])
-        img = read_site(row, channels, illum=illum, root=root)
-        if img.shape[1:] != nuc.shape:
-            raise MorphobenchError(f"site {site_label(row)}: image {img.shape[1:]} vs labels {nuc.shape}")
         pick = choose.get(i + 1)
         if pick is not None and len(pick) == 0:
             continue
-        df = measure_site(img, nuc, cel, channels, params, object_numbers=pick)
-        meta = site_meta(row)
-        front = pd.DataFrame({**{k: [v] * len(df) for k, v in meta.items()},
-                              "ImageNumber": np.full(len(df), i + 1, np.int64)})
-        parts.append(pd.concat([front, df], axis=1))
+        tasks.append((row, i, str(labels), channels, params, illum, root, pick))
+    if workers > 1 and len(tasks) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=mp.get_context("fork")) as ex:
+            parts = list(progress(ex.map(_measure_task, tasks), total=len(tasks), desc="features"))
+    else:
+        parts = [_measure_task(t) for t in progress(tasks, total=len(tasks), desc="features")]
     if parts:
         objects = pd.concat(parts, ignore_index=True)
     else:

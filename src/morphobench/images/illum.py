@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -143,8 +144,10 @@ def cp_illum_function(mean_image: np.ndarray, params: IllumParams) -> np.ndarray
                                "image to nothing")
     small = resize(x, small_shape, order=1, mode="symmetric") if small_shape != shape else x
     u16 = (small * 65535).astype(np.uint16)
-    smooth = median(u16, strel_disk(cp_median_radius(params.filter_size)).astype(bool),
-                    behavior="rank") / 65535.0
+    with warnings.catch_warnings():  # "bad rank filter performance" on 16-bit data: expected
+        warnings.simplefilter("ignore", UserWarning)
+        smooth = median(u16, strel_disk(cp_median_radius(params.filter_size)).astype(bool),
+                        behavior="rank") / 65535.0
     pos = np.sort(smooth[smooth > 0])
     if pos.size == 0:
         return np.ones(shape, np.float32)

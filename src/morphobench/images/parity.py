@@ -176,13 +176,14 @@ def _group(col: str) -> str:
     return feature_group(col)
 
 
-def feature_parity(a: pd.DataFrame, b: pd.DataFrame, *, rtol: float = 1e-6,
+def feature_parity(a: pd.DataFrame, b: pd.DataFrame, *, rtol: float = 1e-5, atol: float = 1e-6,
                    exclude: Sequence[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-feature and per-group agreement of two object-level feature tables (same objects).
 
     Rows are matched on ``ImageNumber, ObjectNumber``. For each shared numeric feature (not an
     id, not matching ``exclude``): the Pearson r across objects with a finite value in both, and
-    whether the values are equal (``|a − b| ≤ rtol·max(|a|, |b|) + 1e-12``, NaN = NaN). A feature
+    whether the values are equal (``|a − b| ≤ rtol·max(|a|, |b|) + atol``, NaN = NaN; the
+    defaults absorb CellProfiler's float32 images). A feature
     constant in both tables has no r: it counts as r = 1 when equal, else r = 0.
 
     Returns ``(features, groups)``: ``features`` one row per feature (``feature, group, n, r,
@@ -209,7 +210,7 @@ def feature_parity(a: pd.DataFrame, b: pd.DataFrame, *, rtol: float = 1e-6,
         y = pd.to_numeric(m[f"{c}__b"], errors="coerce").to_numpy(np.float64)
         ok = np.isfinite(x) & np.isfinite(y)
         both_nan = np.isnan(x) & np.isnan(y)
-        close = np.abs(x - y) <= rtol * np.maximum(np.abs(x), np.abs(y)) + 1e-12
+        close = np.abs(x - y) <= rtol * np.maximum(np.abs(x), np.abs(y)) + atol
         equal = bool(np.all(close | both_nan))
         xs, ys = x[ok], y[ok]
         if ok.sum() >= 3 and xs.std() > 0 and ys.std() > 0:
@@ -257,3 +258,85 @@ def segmentation_parity(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
             "median_iou": float(np.median(iou)) if len(iou) else 0.0,
             "mean_iou": float(np.mean(iou)) if len(iou) else 0.0,
             "frac_matched": len(iou) / max(nb, 1)}
+
+
+# --------------------------------------------------------------------------------------------
+# The whole comparison
+# --------------------------------------------------------------------------------------------
+def simulated_sites(root: str | os.PathLike, n_sites: int = 2, size: int = 512, seed: int = 0,
+                    channels: Sequence[str] = ("DNA", "ER", "RNA", "AGP", "Mito")) -> pd.DataFrame:
+    """A synthetic plate (:mod:`morphobench.images.synthetic`; touching cells, illumination
+    field, puncta) of ``n_sites`` sites, at the synthetic generator's cell density."""
+    from morphobench.images.synthetic import write_synthetic_plate
+
+    wells = [f"A{i:02d}" for i in range(1, n_sites + 1)]
+    sheet, _ = write_synthetic_plate(root, plate="SIM", wells=wells, sites=1, size=size,
+                                     n_cells=int(round(30 * (size / 256) ** 2)), channels=channels, seed=seed)
+    return sheet
+
+
+def run_parity(rows: pd.DataFrame, workdir: str | os.PathLike, *, illum: dict | None = None,
+               segment: dict | None = None, features: dict | None = None, python=None) -> dict:
+    """Both backends on one plate (``rows``: its image sheet), the same settings.
+
+    1. illumination functions (``illum`` params, default the ``jump`` preset) of both backends:
+       their largest relative difference;
+    2. segmentation (``segment``, default ``jump`` without the QC guard) of both backends from the SAME (in-process)
+       illumination functions: :func:`segmentation_parity` per site and object;
+    3. features (``features``, default ``jump``) of both backends on the SAME label image (the
+       in-process segmentation): :func:`feature_parity`.
+
+    Returns ``{"illum": {channel: max rel diff}, "segmentation": DataFrame, "features":
+    DataFrame, "groups": DataFrame, "seconds": {step: {backend: s}}}``.
+    """
+    import time
+
+    from morphobench.images.cp_backend import (
+        cp_measure_settings,
+        run_features_cp,
+        run_illum_cp,
+        run_segment_cp,
+    )
+    from morphobench.images.features import feature_params, run_features
+    from morphobench.images.illum import illum_params, run_illum
+    from morphobench.images.segment import open_labels, run_segment, segment_params
+
+    wd = Path(workdir)
+    wd.mkdir(parents=True, exist_ok=True)
+    ip = illum_params(illum if illum is not None else {"preset": "jump"})
+    # min_contrast 0: no QC guard (CellProfiler has none), so every real site is segmented
+    sp = segment_params(segment if segment is not None else {"preset": "jump", "min_contrast": 0})
+    fraw = dict(features if features is not None else {"preset": "jump"})
+    fp = feature_params(fraw.pop("preset", "full"), **fraw)
+    secs: dict[str, dict[str, float]] = {}
+
+    def timed(step, backend, fn):
+        t = time.perf_counter()
+        out = fn()
+        secs.setdefault(step, {})[backend] = time.perf_counter() - t
+        return out
+
+    f_in = timed("illum", "inprocess", lambda: run_illum(rows, wd / "illum_in.npz", ip))
+    f_cp = timed("illum", "cellprofiler", lambda: run_illum_cp(rows, wd / "illum_cp.npz", ip, python=python))
+    illum_diff = {ch: float(np.abs(f_in[ch] - f_cp[ch]).max() / np.abs(f_cp[ch]).max()) for ch in f_in}
+    timed("segment", "inprocess", lambda: run_segment(rows, wd / "labels_in.zarr", wd / "objects_in.parquet",
+                                                      sp, illum=f_in))
+    timed("segment", "cellprofiler", lambda: run_segment_cp(rows, wd / "labels_cp.zarr", wd / "objects_cp.parquet",
+                                                            sp, illum=wd / "illum_in.npz", python=python))
+    a, sites = open_labels(wd / "labels_in.zarr")
+    b, _ = open_labels(wd / "labels_cp.zarr")
+    seg = []
+    for i in range(a.shape[0]):
+        for k, obj in enumerate(("Nuclei", "Cells")):
+            r = segmentation_parity(np.asarray(a[i][k]), np.asarray(b[i][k]))
+            seg.append({"site": "/".join(str(sites.iloc[i][c]) for c in ("Metadata_Plate", "Metadata_Well",
+                                                                          "Metadata_Site")),
+                        "object": obj, **r})
+    fa, _ = timed("features", "inprocess", lambda: run_features(rows, wd / "labels_in.zarr",
+                                                                wd / "features_in.parquet", None, fp, illum=f_in))
+    fb = timed("features", "cellprofiler", lambda: run_features_cp(rows, wd / "labels_in.zarr",
+                                                                   wd / "features_cp.parquet", illum=wd / "illum_in.npz",
+                                                                   python=python, settings=cp_measure_settings(fp)))
+    feats, groups = feature_parity(fa, fb)
+    return {"illum": illum_diff, "segmentation": pd.DataFrame(seg), "features": feats, "groups": groups,
+            "seconds": secs, "n_objects": int(len(fa))}
