@@ -688,6 +688,7 @@ def run_features_cp(rows: pd.DataFrame, labels_store: str | os.PathLike, out: st
     sites = request_sites(rows, channels, root)
     # ``workers`` > 1: that many worker processes, each on a contiguous share of the sites
     chunks = [c for c in np.array_split(np.arange(len(rows)), max(1, min(int(workers), len(rows)))) if len(c)]
+    seconds: dict[str, float] = {}  # worker seconds per feature group (benchmarks/images.py)
     with _Workdir() as wd:
         ipath = _illum_file(illum, wd)
 
@@ -696,8 +697,10 @@ def run_features_cp(rows: pd.DataFrame, labels_store: str | os.PathLike, out: st
             sub = wd / f"part{k}"
             sub.mkdir()
             lpath = labels_to_npz(labels_store, rows.iloc[idx], sub / "labels_in.npz")
-            run_worker("measure", [sites[j] for j in idx], channels, settings, sub, python=python,
-                       illum=ipath, labels=lpath, timeout=timeout)
+            res = run_worker("measure", [sites[j] for j in idx], channels, settings, sub, python=python,
+                             illum=ipath, labels=lpath, timeout=timeout)
+            for cat, sec in res.get("seconds_by_category", {}).items():
+                seconds[cat] = seconds.get(cat, 0.0) + float(sec)
             part = pd.read_csv(sub / "measure" / "features.csv")  # repr floats: exact
             part["site"] = idx[part["site"].to_numpy()]
             return part
@@ -732,6 +735,7 @@ def run_features_cp(rows: pd.DataFrame, labels_store: str | os.PathLike, out: st
             keep |= sel if objs is None else sel & np.isin(df["ObjectNumber"].to_numpy(), objs)
         df = df[keep].reset_index(drop=True)
     write_parquet(df, out)
+    df.attrs["seconds_by_group"] = seconds
     return df
 
 

@@ -749,6 +749,11 @@ def measure_site(images: dict, labels: dict, p: dict) -> dict:
         out[f"{comp}_{name}"] = v
 
     chans = p["channels"] or list(images)
+    clock = p.setdefault("_seconds", {})
+
+    def tick(cat: str, t0: float) -> None:
+        clock[cat] = clock.get(cat, 0.0) + time.perf_counter() - t0
+
     for comp in p["compartments"]:
         lab = labels[comp]
         present = np.zeros(n + 1, bool)
@@ -758,12 +763,15 @@ def measure_site(images: dict, labels: dict, p: dict) -> dict:
                               f"{(np.flatnonzero(~present[1:]) + 1)[:10].tolist()} that the nuclei have "
                               "(every compartment must hold objects 1..N)")
         if "AreaShape" in cats:
+            t0 = time.perf_counter()
             lm = measureobjectsizeshape(lab[None, None, None, None], comp,
                                         calculate_advanced=bool(p["advanced_shape"]),
                                         calculate_zernikes=bool(p["zernike"]))
             for name, v in _object_measurements(lm, comp).items():
                 put(comp, name, v)
+            tick("AreaShape", t0)
         if "Intensity" in cats:
+            t0 = time.perf_counter()
             from cellprofiler_library.modules._measureobjectintensity import measure_object_intensity
 
             for ch in chans:
@@ -773,7 +781,9 @@ def measure_site(images: dict, labels: dict, p: dict) -> dict:
                     if name.startswith("Location_") and not p["keep_location"]:
                         continue
                     put(comp, name, v)
+            tick("Intensity", t0)
         if "Texture" in cats:
+            t0 = time.perf_counter()
             from cellprofiler_library.modules._measuretexture import measure_object_texture
 
             for ch in chans:
@@ -783,7 +793,9 @@ def measure_site(images: dict, labels: dict, p: dict) -> dict:
                                                 np.arange(1, n + 1, dtype=np.int32), int(scale), False)
                     for name, v in _object_measurements(lm, comp).items():
                         put(comp, name, v)
+            tick("Texture", t0)
         if "RadialDistribution" in cats:
+            t0 = time.perf_counter()
             from cellprofiler_library.modules._measureobjectintensitydistribution import (
                 measureobjectintensitydistribution,
             )
@@ -798,7 +810,9 @@ def measure_site(images: dict, labels: dict, p: dict) -> dict:
                     if "_BinNumber_" in name:  # the bin index itself (constant per bin): no feature
                         continue
                     put(comp, name, v)
+            tick("RadialDistribution", t0)
         if "Correlation" in cats:
+            t0 = time.perf_counter()
             from cellprofiler_library.modules._measurecolocalization import run_image_pair_objects
 
             types = list(p["correlation_types"])
@@ -818,7 +832,9 @@ def measure_site(images: dict, labels: dict, p: dict) -> dict:
                                                 measurement_types=types, **kw)
                     for name, v in _object_measurements(lm, comp).items():
                         put(comp, name, v)
+            tick("Correlation", t0)
         if "Neighbors" in cats:
+            t0 = time.perf_counter()
             from cellprofiler_library.modules._measureobjectneighbors import measure_object_neighbors
 
             has = np.zeros(n, bool)
@@ -834,7 +850,9 @@ def measure_site(images: dict, labels: dict, p: dict) -> dict:
                     if "ObjectNumber" in name:
                         continue
                     put(comp, name, v)
+            tick("Neighbors", t0)
     if "Granularity" in cats:
+        t0 = time.perf_counter()
         from cellprofiler_library.functions.measurement import ObjectRecord
         from cellprofiler_library.modules._measuregranularity import measure_granularity
 
@@ -848,6 +866,7 @@ def measure_site(images: dict, labels: dict, p: dict) -> dict:
             for comp in p["compartments"]:
                 for name, v in _object_measurements(lm, comp).items():
                     put(comp, name, v)
+        tick("Granularity", t0)
     return out
 
 
@@ -916,7 +935,9 @@ def task_measure(req: dict) -> dict:
         header = sorted(measure_site({ch: np.full((8, 8), 0.5, np.float32) for ch in chans}, z0, p))
     prog(prog.total)
     _write_csv(os.path.join(req["out_dir"], "features.csv"), ["site", "ObjectNumber", *header], rows)
-    return {"n_objects": len(rows), "n_features": len(header), "params": p}
+    secs = p.pop("_seconds", {})
+    return {"n_objects": len(rows), "n_features": len(header), "params": p,
+            "seconds_by_category": {k: round(v, 4) for k, v in secs.items()}}
 
 
 TASKS = {"illum": task_illum, "segment": task_segment, "measure": task_measure}

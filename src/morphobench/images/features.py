@@ -258,6 +258,28 @@ def _intensity(labels: np.ndarray, px: np.ndarray, n: int, core) -> dict[str, np
     return out
 
 
+#: seconds spent per feature group by this process (benchmarks/images.py reads and resets it)
+GROUP_SECONDS: dict[str, float] = {}
+
+
+class _clock:
+    """Adds the time spent in a ``with`` block to :data:`GROUP_SECONDS` [group]."""
+
+    def __init__(self, group: str):
+        self.group = group
+
+    def __enter__(self):
+        import time
+
+        self.t = time.perf_counter()
+
+    def __exit__(self, *exc):
+        import time
+
+        GROUP_SECONDS[self.group] = GROUP_SECONDS.get(self.group, 0.0) + time.perf_counter() - self.t
+        return False
+
+
 def _measure_compartment(labels: np.ndarray, pixels: np.ndarray, channels: Sequence[str],
                          params: FeatureParams) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """cp_measure features (featurizer-style names) of one label image; returns (ids, results)."""
@@ -271,53 +293,58 @@ def _measure_compartment(labels: np.ndarray, pixels: np.ndarray, channels: Seque
     g = set(params.groups)
     radial_cache = None  # the objects' centres and distances, shared by the channels
     if "AreaShape" in g:
-        res.update(core["sizeshape"](clean, None, calculate_advanced=params.advanced_shape,
-                                     new_features=params.advanced_shape))
-        if params.zernike:
-            res.update(core["zernike"](clean, None))
-        if params.feret:
-            res.update(core["feret"](clean, None))
+        with _clock("AreaShape"):
+            res.update(core["sizeshape"](clean, None, calculate_advanced=params.advanced_shape,
+                                         new_features=params.advanced_shape))
+            if params.zernike:
+                res.update(core["zernike"](clean, None))
+            if params.feret:
+                res.update(core["feret"](clean, None))
     for ci, ch in enumerate(channels):
         px = pixels[ci]
         out: dict[str, np.ndarray] = {}
         if "Intensity" in g:
-            out.update(_intensity(clean, px, int(ids.size), core))
+            with _clock("Intensity"):
+                out.update(_intensity(clean, px, int(ids.size), core))
         if "Texture" in g:
             from morphobench.images.texture import texture_features
 
-            for sc in params.texture_scales:
-                out.update(texture_features(clean, px, int(ids.size), scale=int(sc),
-                                            gray_levels=params.texture_gray_levels))
+            with _clock("Texture"):
+                for sc in params.texture_scales:
+                    out.update(texture_features(clean, px, int(ids.size), scale=int(sc),
+                                                gray_levels=params.texture_gray_levels))
         if "RadialDistribution" in g:
             from morphobench.images.radial import radial_distribution
 
             if radial_cache is None:
                 radial_cache = {}
-            out.update(radial_distribution(clean, px, int(ids.size), params.radial_bins, cache=radial_cache))
-            if params.radial_zernikes:
-                out.update(core["radial_zernikes"](clean, px))
+            with _clock("RadialDistribution"):
+                out.update(radial_distribution(clean, px, int(ids.size), params.radial_bins, cache=radial_cache))
+                if params.radial_zernikes:
+                    out.update(core["radial_zernikes"](clean, px))
         res.update({f"{k}__{ch}": v for k, v in out.items()})
     if "Correlation" in g and len(channels) > 1:
-        unknown = set(params.correlations) - set(CORRELATIONS)
-        if unknown:
-            raise MorphobenchError(f"unknown correlation measure(s) {sorted(unknown)}; allowed {CORRELATIONS}")
-        for i in range(len(channels)):
-            for j in range(i + 1, len(channels)):
-                for cname in params.correlations:
-                    kw = {"scale_max": 65535} if cname == "costes" else {}
-                    if cname in ("manders", "rwc", "costes"):
-                        kw["thr"] = params.correlation_threshold
-                    p1, p2 = pixels[i], pixels[j]
-                    if cname == "costes":
-                        p1, p2 = np.clip(p1, 0, 1), np.clip(p2, 0, 1)
-                    if cname == "rwc":  # CellProfiler's site-wide ranks (cp-measure ranks per object)
-                        from morphobench.images.colocalization import rwc_objects
+        with _clock("Correlation"):
+            unknown = set(params.correlations) - set(CORRELATIONS)
+            if unknown:
+                raise MorphobenchError(f"unknown correlation measure(s) {sorted(unknown)}; allowed {CORRELATIONS}")
+            for i in range(len(channels)):
+                for j in range(i + 1, len(channels)):
+                    for cname in params.correlations:
+                        kw = {"scale_max": 65535} if cname == "costes" else {}
+                        if cname in ("manders", "rwc", "costes"):
+                            kw["thr"] = params.correlation_threshold
+                        p1, p2 = pixels[i], pixels[j]
+                        if cname == "costes":
+                            p1, p2 = np.clip(p1, 0, 1), np.clip(p2, 0, 1)
+                        if cname == "rwc":  # CellProfiler's site-wide ranks (cp-measure ranks per object)
+                            from morphobench.images.colocalization import rwc_objects
 
-                        out = rwc_objects(p1, p2, clean, int(ids.size), params.correlation_threshold)
-                    else:
-                        out = corr[cname](pixels_1=p1, pixels_2=p2, masks=clean, **kw)
-                    res.update({f"{k}__{channels[i]}__{channels[j]}": np.asarray(v, np.float64)
-                                for k, v in out.items()})
+                            out = rwc_objects(p1, p2, clean, int(ids.size), params.correlation_threshold)
+                        else:
+                            out = corr[cname](pixels_1=p1, pixels_2=p2, masks=clean, **kw)
+                        res.update({f"{k}__{channels[i]}__{channels[j]}": np.asarray(v, np.float64)
+                                    for k, v in out.items()})
     return ids, res
 
 
@@ -438,11 +465,12 @@ def measure_site(img: np.ndarray, nuclei: np.ndarray, cells: np.ndarray, channel
 
             ops: dict = {}
             comps = {c: (lab, int(lab.max())) for c, lab in labs.items()}
-            for ci, ch in enumerate(channels):
-                gran[ch] = granularity(pixels[ci], comps, subsample=params.granularity_subsample,
-                                       image_sample=params.granularity_image_sample,
-                                       element_size=params.granularity_element_size,
-                                       spectrum=params.granularity_spectrum, operators=ops)
+            with _clock("Granularity"):
+                for ci, ch in enumerate(channels):
+                    gran[ch] = granularity(pixels[ci], comps, subsample=params.granularity_subsample,
+                                           image_sample=params.granularity_image_sample,
+                                           element_size=params.granularity_element_size,
+                                           spectrum=params.granularity_spectrum, operators=ops)
         for comp in params.compartments:
             lab = labs[comp]
             ids, res = _measure_compartment(lab, pixels, channels, params)
@@ -453,7 +481,8 @@ def measure_site(img: np.ndarray, nuclei: np.ndarray, cells: np.ndarray, channel
                 full_ids = np.unique(masks[comp][masks[comp] > 0])
                 if full_ids.size == masks[comp].max():  # neighbours need contiguous labels
                     for _, method, dist in (t for t in nsets if t[0] == comp):
-                        nb = _neighbors(masks[comp], method, dist)
+                        with _clock("Neighbors"):
+                            nb = _neighbors(masks[comp], method, dist)
                         pos = np.searchsorted(full_ids, ids)
                         res.update({k: np.asarray(v, np.float64)[pos] for k, v in nb.items()})
             for k, v in res.items():
