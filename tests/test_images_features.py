@@ -26,6 +26,7 @@ from morphobench.images.features import (
 )
 from morphobench.images.segment import run_segment
 from morphobench.images.synthetic import write_synthetic_plate
+from morphobench.io import MorphobenchError
 
 # ------------------------------------------------------------------------------------------
 # Translation table
@@ -140,9 +141,12 @@ def test_equals_cp_measure_featurizer(small_site):
         sub = ref[ref["object"] == comp].reset_index(drop=True)
         for c in cols:
             name = cellprofiler_name(c, comp, chans)
-            if name is None or "_RWC_" in name:
+            if name is None or "_RWC_" in name or any(
+                    q in name for q in ("QuartileIntensity", "MedianIntensity", "MADIntensity")):
                 # RWC: ours ranks the site's object pixels together, as CellProfiler does
-                # (cp-measure ranks per object); checked against CellProfiler in test_images_parity
+                # (cp-measure ranks per object); quartiles, median and MAD interpolate as
+                # CellProfiler does (cp-measure's default: numpy's); both are checked against
+                # CellProfiler in test_images_parity
                 continue
             np.testing.assert_allclose(ours[name].to_numpy(), sub[c].to_numpy(), rtol=1e-10,
                                        equal_nan=True, err_msg=name)
@@ -219,6 +223,26 @@ def test_run_features_strong_phenotype_separates(tmp_path):
     assert area["big"].min() > 1.5 * area["DMSO"].max()
     gathered = gather_profiles([tmp_path / "w.parquet"], tmp_path / "all.parquet")
     validate_profiles(gathered, "gathered")
+    # the rule's threads: sites measured in parallel processes, the same table
+    par, _ = run_features(sheet, tmp_path / "l.zarr", tmp_path / "cp2.parquet", None,
+                          feature_params("minimal", max_objects_per_well=12), plate_map=plate_map, workers=2)
+    pd.testing.assert_frame_equal(par, objects)
+
+
+def test_jump_preset():
+    """The JUMP measurement settings (shared/JUMP_PIPELINE.md §5)."""
+    from morphobench.images.features import neighbor_sets
+
+    p = feature_params("jump")
+    assert p.texture_scales == (3, 5, 10) and p.texture_gray_levels == 256
+    assert (p.granularity_spectrum, p.granularity_subsample, p.granularity_image_sample,
+            p.granularity_element_size) == (16, 0.5, 0.5, 10)
+    assert p.radial_bins == 4 and not p.radial_zernikes and p.zernike and not p.advanced_shape
+    assert "costes" not in p.correlations and p.correlation_threshold == 15 and p.shrink_nuclei
+    assert neighbor_sets(p) == [("Nuclei", "Within a specified distance", 1),
+                                ("Cells", "Within a specified distance", 5), ("Cells", "Adjacent", 0)]
+    with pytest.raises(MorphobenchError, match="neighbors entry 'Cells:near'"):
+        neighbor_sets(feature_params("jump", neighbors=("Cells:near",)))
 
 
 def test_neighbors_of_a_site_with_one_or_no_object_are_zero_not_a_crash():
