@@ -18,10 +18,12 @@ Downstream stages cannot tell which backend ran, except from the ``backend`` ent
 metadata carry.
 
 Parameters are the in-process backend's (:class:`~morphobench.images.illum.IllumParams`,
-:class:`~morphobench.images.segment.SegmentParams`), translated to the CellProfiler module settings
-that do the same thing (:func:`cp_illum_settings`, :func:`cp_segment_settings`); ``cp_settings``
-overrides any translated setting with a CellProfiler-native one (e.g. ``regularization_factor``
-or ``cells_method: "Watershed - Gradient"``).
+:class:`~morphobench.images.segment.SegmentParams`, :class:`~morphobench.images.features.FeatureParams`,
+presets included), translated to the CellProfiler module settings that do the same thing
+(:func:`cp_illum_settings`, :func:`cp_segment_settings`, :func:`cp_measure_settings`);
+``cp_settings`` overrides any translated setting with a CellProfiler-native one (e.g.
+``regularization_factor`` or ``cells_method: "Watershed - Gradient"``). The command line is the
+in-process one: ``python -m morphobench.images illum|segment|features --backend cellprofiler``.
 
 The interpreter is, in order: the ``python`` argument, ``$MORPHOBENCH_CP_PYTHON``, the config key
 ``images.cellprofiler_python``, and ``.venv-cellprofiler/bin/python`` (relative paths are looked
@@ -740,52 +742,19 @@ def run_features_cp(rows: pd.DataFrame, labels_store: str | os.PathLike, out: st
 
 
 # --------------------------------------------------------------------------------------------
-# Command line (what the Snakemake rules call)
+# Command line: the environment check (the stages run through ``python -m morphobench.images
+# <stage> --backend cellprofiler``, the same CLI and flags as the in-process backend)
 # --------------------------------------------------------------------------------------------
-def _params_from(cls, text: str | None):
-    from morphobench.images.io import params_from
-
-    return params_from(cls, text)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    from morphobench.images.io import load_sheet
-    from morphobench.io import setup_logging
-
-    ap = argparse.ArgumentParser(prog="python -m morphobench.images.cp_backend",
-                                 description="CellProfiler backend (runs the worker in its own env)")
-    ap.add_argument("task", choices=["check", "illum", "segment", "features"])
-    ap.add_argument("--sheet", help="image sheet (parquet)")
-    ap.add_argument("--plate")
-    ap.add_argument("--illum", help="illumination .npz (input of segment/features; output of illum)")
-    ap.add_argument("--png", help="illum: PNG of the functions")
-    ap.add_argument("--labels", help="label store (output of segment; input of features)")
-    ap.add_argument("--objects", help="segment: object table (parquet)")
-    ap.add_argument("--qc", help="segment: QC table (parquet)")
-    ap.add_argument("--out", help="features: output parquet")
-    ap.add_argument("--params", default="", help="JSON (or @file) of the in-process params")
-    ap.add_argument("--cp-settings", default="", help="JSON of CellProfiler settings (override)")
+    ap = argparse.ArgumentParser(
+        prog="python -m morphobench.images.cp_backend",
+        description="Check the CellProfiler environment (prints its versions). The image stages of this "
+                    "backend run as `python -m morphobench.images illum|segment|features --backend "
+                    "cellprofiler [--python PY] ...`, with the in-process backend's flags.")
+    ap.add_argument("task", choices=["check"])
     ap.add_argument("--python", help="interpreter of the CellProfiler environment")
-    ap.add_argument("--root", help="directory relative image paths are resolved against")
-    ap.add_argument("--log")
     a = ap.parse_args(argv)
-    setup_logging(a.log)
-    cps = json.loads(a.cp_settings) if a.cp_settings.strip() else None
-    if a.task == "check":
-        print(json.dumps(worker_versions(a.python), indent=1))
-        return 0
-    if not (a.sheet and a.plate):
-        ap.error("--sheet and --plate are required")
-    rows = load_sheet(a.sheet, plate=a.plate)
-    if a.task == "illum":
-        run_illum_cp(rows, a.illum, _params_from(IllumParams, a.params), png=a.png, root=a.root,
-                     python=a.python, cp_settings=cps)
-    elif a.task == "segment":
-        run_segment_cp(rows, a.labels, a.objects, _params_from(SegmentParams, a.params), illum=a.illum,
-                       qc_out=a.qc, root=a.root, python=a.python, cp_settings=cps)
-    else:
-        run_features_cp(rows, a.labels, a.out, illum=a.illum, root=a.root, python=a.python,
-                        settings=cps or (json.loads(a.params) if a.params.strip() else None))
+    print(json.dumps(worker_versions(a.python), indent=1))
     return 0
 
 
