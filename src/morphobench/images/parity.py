@@ -149,24 +149,6 @@ def write_sites(root: str | os.PathLike, sites: dict[str, dict[str, np.ndarray]]
     return pd.DataFrame(rows)
 
 
-def write_label_store(path: str | os.PathLike, rows: pd.DataFrame,
-                      labels: Sequence[tuple[np.ndarray, np.ndarray]]) -> Path:
-    """A label store (the segment stage's format) holding given (nuclei, cells) per sheet row."""
-    from morphobench.images.segment import LabelStoreWriter, _jsonable, object_table
-    from morphobench.images.io import site_meta
-
-    w = LabelStoreWriter(path, len(rows))
-    qcs = []
-    for i, ((_, row), (nuc, cel)) in enumerate(zip(rows.iterrows(), labels, strict=True)):
-        w.put(i, nuc, cel, row)
-        n = int(nuc.max())
-        qcs.append({**site_meta(row), "ImageNumber": i + 1, "Count_Nuclei": n,
-                    "Count_Cells": int(len(np.unique(cel)) - 1)})
-        object_table(nuc, cel)  # validates shapes
-    w.finish({"objects": ["Nuclei", "Cells"], "sites": _jsonable(pd.DataFrame(qcs))})
-    return Path(path)
-
-
 # --------------------------------------------------------------------------------------------
 # Comparing feature tables
 # --------------------------------------------------------------------------------------------
