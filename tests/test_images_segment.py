@@ -243,3 +243,23 @@ def test_constant_raw_dna_is_blank_even_after_illumination_correction(tmp_path):
                               SegmentParams(), illum=illum)
     assert len(objects) == 0
     assert bool(qc["QC_Blank"].iloc[0]) and qc["QC_BlankChannels"].iloc[0] == "DNA"
+
+
+def test_jump_presets_and_unknown_preset():
+    """The JUMP pipeline settings (shared/JUMP_PIPELINE.md §1-4); other keys override a preset."""
+    from morphobench.images.illum import illum_params
+    from morphobench.images.segment import segment_params
+    from morphobench.io import MorphobenchError
+
+    s = segment_params({"preset": "jump"})
+    assert (s.method, s.threshold_method, s.min_diameter, s.max_diameter, s.declump, s.dividing_lines,
+            s.maxima_suppression) == ("cellprofiler", "li", 15.0, 90.0, "shape", "intensity", 8.0)
+    assert s.threshold_bounds == (0.005, 1.0) and s.smooth_sigma * 2 * 0.6744 == pytest.approx(1.0)
+    assert (s.nuclei_background_block, s.nuclei_background_filter) == (30, 50.0)
+    assert (s.cell_channel, s.cell_method, s.cell_threshold_classes, s.cell_threshold_log,
+            s.cell_threshold_correction, s.cell_threshold_bounds) == ("RNA", "intensity", 3, True, 0.7, (0.005, 0.06))
+    assert s.exclude_border and segment_params({"preset": "jump", "min_diameter": 10}).min_diameter == 10
+    i = illum_params({"preset": "jump"})
+    assert (i.method, i.resize_factor, i.filter_size, i.robust_min_percentile) == ("cellprofiler", 0.2, 20, 2.0)
+    with pytest.raises(MorphobenchError, match="unknown preset 'jumpp'"):
+        segment_params({"preset": "jumpp"})

@@ -643,3 +643,15 @@ def test_example_configs_use_known_keys(repo_root, name):
             assert set(ds["plate_map"]) <= set(L.PLATE_MAP_KEYS)
         if isinstance(ds.get("channels"), dict):
             assert all(isinstance(k, str) for k in ds["channels"])
+
+
+def test_dispatch_table():
+    """One module per loader, one {name: (function, keys)} table; every loader takes the common keys."""
+    assert set(L.LOADERS) == {"load_data", "cpjump1", "pattern", "bbbc022"}
+    for name, (fn, keys) in L.LOADERS.items():
+        assert callable(fn) and fn.__module__ == f"morphobench.data.loaders.{name}"
+        assert set(L.COMMON_KEYS) <= set(keys) and L.LOADER_KEYS[name] is keys
+    with pytest.raises(MorphobenchError, match="unknown loader 'nope'"):
+        L.load_dataset({"loader": "nope"})
+    with pytest.raises(MorphobenchError, match=r"unknown key\(s\) \['csvs'\]"):
+        L.load_dataset({"loader": "load_data", "csvs": "x.csv"})

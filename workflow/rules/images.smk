@@ -7,15 +7,12 @@ IMG = config["images"]
 DS = "results/{dataset}"
 
 
-def cp_python_flag():
-    return f"--python {IMG['cellprofiler_python']}" if IMG["backend"] == "cellprofiler" else ""
-
-
 def images_cmd(stage):
-    """The per-plate command of a stage for the configured backend."""
-    if IMG["backend"] == "cellprofiler" and stage in ("illum", "segment"):
-        return f"python -m morphobench.images.cp_backend {stage} {cp_python_flag()}"
-    return f"python -m morphobench.images {stage}"
+    """The per-plate command of a stage: one CLI with the same flags for both backends."""
+    cmd = f"python -m morphobench.images {stage} --backend {IMG['backend']}"
+    if IMG["backend"] == "cellprofiler":
+        cmd += f" --python {IMG['cellprofiler_python']}"
+    return cmd
 
 
 rule illum_calc:
@@ -27,7 +24,6 @@ rule illum_calc:
         png=f"{DS}/illum/{{plate}}.png",
     params:
         cmd=images_cmd("illum"),
-        out_flag="--illum" if IMG["backend"] == "cellprofiler" else "--out",
         cfg=as_json(IMG["illum"]),
     log:
         "logs/{dataset}/illum/{plate}.log",
@@ -41,7 +37,7 @@ rule illum_calc:
         runtime=30,
     shell:
         "{params.cmd} --sheet {input.sheet} --plate {wildcards.plate} --params {params.cfg} "
-        "{params.out_flag} {output.npz} --png {output.png} 2> {log}"
+        "--out {output.npz} --png {output.png} 2> {log}"
 
 
 rule segment:
@@ -55,7 +51,6 @@ rule segment:
         qc=f"{DS}/qc/{{plate}}.parquet",
     params:
         cmd=images_cmd("segment"),
-        obj_flag="--objects" if IMG["backend"] == "cellprofiler" else "--out",
         cfg=as_json(IMG["segment"]),
     log:
         "logs/{dataset}/segment/{plate}.log",
@@ -69,7 +64,7 @@ rule segment:
         runtime=60,
     shell:
         "{params.cmd} --sheet {input.sheet} --plate {wildcards.plate} --illum {input.illum} "
-        "--params {params.cfg} --labels {output.labels} {params.obj_flag} {output.objects} "
+        "--params {params.cfg} --labels {output.labels} --out {output.objects} "
         "--qc {output.qc} 2> {log}"
 
 
@@ -119,19 +114,6 @@ rule crop_index:
         "python -m morphobench.images gather-crops --out {output} {input} 2> {log}"
 
 
-def cp_features_cmd():
-    """In-process cp-measure features (objects + well medians in one call), or CellProfiler's
-    measurement modules (objects) followed by the same well aggregation."""
-    common = "--sheet {input.sheet} --plate {wildcards.plate} --illum {input.illum} --labels {input.labels}"
-    if IMG["backend"] == "cellprofiler":
-        return (f"python -m morphobench.images.cp_backend features {cp_python_flag()} {common} "
-                "--out {output.objects} 2> {log} && "
-                "python -m morphobench.images wells --objects {output.objects} --plate-map {input.wells} "
-                "--out {output.wells} 2>> {log}")
-    return (f"python -m morphobench.images features {common} --params {{params.cfg}} "
-            "--plate-map {input.wells} --out {output.objects} --wells-out {output.wells} 2> {log}")
-
-
 rule cp_features:
     """CellProfiler measurements of one plate (object level) and their per-well medians."""
     input:
@@ -143,6 +125,7 @@ rule cp_features:
         objects=f"{DS}/cellprofiler/{{plate}}.objects.parquet",
         wells=f"{DS}/cellprofiler/{{plate}}.wells.parquet",
     params:
+        cmd=images_cmd("features"),
         cfg=as_json(IMG["features"]),
     log:
         "logs/{dataset}/cp_features/{plate}.log",
@@ -150,12 +133,14 @@ rule cp_features:
         "benchmarks/out/{dataset}/cp_features/{plate}.tsv"
     conda:
         "../../envs/morphobench.yaml"
-    threads: 1
+    threads: IMG["feature_threads"]
     resources:
         mem_mb=6000,
         runtime=120,
     shell:
-        cp_features_cmd()
+        "{params.cmd} --sheet {input.sheet} --plate {wildcards.plate} --illum {input.illum} "
+        "--labels {input.labels} --params {params.cfg} --plate-map {input.wells} --out {output.objects} "
+        "--wells-out {output.wells} --threads {threads} 2> {log}"
 
 
 rule illum_apply:

@@ -1,4 +1,4 @@
-# Real screens → the shared image sheet and plate map (src/morphobench/data/loaders.py).
+# Real screens → the shared image sheet and plate map (src/morphobench/data/loaders/: one module per loader).
 # A checkpoint: the plate list of a real dataset is read from its image sheet once it exists,
 # so per-plate jobs are planned without listing plates in the config.
 import re as _re

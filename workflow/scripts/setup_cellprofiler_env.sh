@@ -52,7 +52,7 @@ if [[ "$MODE" == pins ]]; then echo "$PINS"; exit 0; fi
 
 # The check the worker needs: these imports (and the numpy<2 the library requires).
 CHECK='import sys; assert sys.version_info[:2] == (3, 11), sys.version
-import numpy, scipy, skimage, tifffile, cellprofiler_library, cellprofiler_core
+import numpy, scipy, skimage, tifffile, imagecodecs, cellprofiler_library, cellprofiler_core
 from cellprofiler_library.modules import identifyprimaryobjects, identifysecondaryobjects, measureobjectsizeshape
 from cellprofiler_library.modules._measureobjectintensity import measure_object_intensity
 from cellprofiler_library.modules._measuretexture import measure_object_texture

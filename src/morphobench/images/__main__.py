@@ -11,13 +11,17 @@ Stages (one plate per call; every output is written atomically):
 ``features``  --sheet S --plate P [--illum ...] --labels labels/P.zarr --out cp/P.objects.parquet
               [--wells-out cp/P.wells.parquet] [--plate-map wells.parquet]
 ``gather-crops``     --out crops/KIND/index.parquet INDEX [INDEX ...]
-``gather-profiles``  --out profiles/cellprofiler/well.parquet WELLS [WELLS ...]
 ``translation-table`` --channels DNA ER ... --out table.tsv   (cp_measure → CellProfiler names)
 
 Common options: ``--params JSON`` (a JSON object, or ``@file.json``) overriding the stage's
-parameter dataclass (``IllumParams``, ``SegmentParams``, ``CropParams``, ``FeatureParams``; for
-features a ``"preset"`` key picks ``fast|full|minimal`` first), ``--log FILE``, ``--root DIR``
-(base of relative ``PathName`` entries).
+parameter dataclass (``IllumParams``, ``SegmentParams``, ``CropParams``, ``FeatureParams``; a
+``"preset"`` key picks a named set first: ``default|jump`` for illum and segment,
+``fast|full|minimal|jump`` for features), ``--log FILE``, ``--root DIR`` (base of relative
+``PathName`` entries).
+
+``illum``, ``segment`` and ``features`` take ``--backend inprocess|cellprofiler`` (and
+``--python`` for the CellProfiler environment's interpreter): the same flags, the same
+parameters and the same output formats for both backends.
 """
 
 from __future__ import annotations
@@ -44,13 +48,20 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--params", default="{}", help="JSON object or @file.json")
         p.add_argument("--log", default=None)
 
+    def backend(p):
+        p.add_argument("--backend", default="inprocess", choices=["inprocess", "cellprofiler"],
+                       help="inprocess (default) or cellprofiler (CellProfiler's library, own env)")
+        p.add_argument("--python", default=None, help="cellprofiler: interpreter of its environment")
+
     p = sub.add_parser("illum", help="illumination functions of one plate")
     common(p)
+    backend(p)
     p.add_argument("--out", required=True, help=".npz (one float32 function per channel)")
     p.add_argument("--png", default=None)
 
     p = sub.add_parser("segment", help="nuclei + cells of one plate")
     common(p)
+    backend(p)
     p.add_argument("--illum", default=None)
     p.add_argument("--out", required=True, help="object table parquet")
     p.add_argument("--labels", required=True, help="label store (zarr v3 directory)")
@@ -67,11 +78,13 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("features", help="CellProfiler features of one plate")
     common(p)
+    backend(p)
     p.add_argument("--illum", default=None)
     p.add_argument("--labels", required=True)
     p.add_argument("--out", required=True, help="object-level parquet")
     p.add_argument("--wells-out", default=None, help="well-level parquet")
     p.add_argument("--plate-map", default=None, help="plate map parquet (merged into well profiles)")
+    p.add_argument("--threads", type=int, default=1, help="sites measured in parallel (processes)")
 
     p = sub.add_parser("apply-illum", help="write illumination-corrected copies of one plate's images")
     common(p)
@@ -91,12 +104,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("inputs", nargs="+")
 
-    p = sub.add_parser("gather-profiles", help="dataset-level well profiles")
-    common(p, plate=False)
-    p.add_argument("--out", required=True)
-    p.add_argument("--keep-nan", action="store_true", help="keep features with NaN values")
-    p.add_argument("inputs", nargs="+")
-
     p = sub.add_parser("translation-table", help="cp_measure → CellProfiler name table")
     common(p, plate=False)
     p.add_argument("--channels", nargs="+", default=["DNA", "ER", "RNA", "AGP", "Mito"])
@@ -109,19 +116,31 @@ def run(args: argparse.Namespace) -> None:
 
     raw = load_json_arg(args.params, "--params")
     if args.stage == "illum":
-        from morphobench.images.illum import IllumParams, run_illum
+        from morphobench.images.illum import illum_params, run_illum
 
         rows = load_sheet(args.sheet, args.plate)
-        funcs = run_illum(rows, args.out, params_from(IllumParams, raw), png=args.png, root=args.root)
-        log.info("illum: plate %s: %d sites, channels %s, median window %d px (downsampled), max %s",
-                 args.plate, len(rows), funcs.channels, funcs.meta["median_size_used"],
+        if args.backend == "cellprofiler":
+            from morphobench.images.cp_backend import run_illum_cp
+
+            funcs = run_illum_cp(rows, args.out, illum_params(raw), png=args.png, root=args.root,
+                                 python=args.python)
+        else:
+            funcs = run_illum(rows, args.out, illum_params(raw), png=args.png, root=args.root)
+        log.info("illum (%s): plate %s: %d sites, channels %s, median window %d px (downsampled), max %s",
+                 args.backend, args.plate, len(rows), funcs.channels, funcs.meta["median_size_used"],
                  {ch: round(float(funcs[ch].max()), 3) for ch in funcs})
     elif args.stage == "segment":
-        from morphobench.images.segment import SegmentParams, run_segment
+        from morphobench.images.segment import run_segment, segment_params
 
         rows = load_sheet(args.sheet, args.plate)
-        objects, qc = run_segment(rows, args.labels, args.out, params_from(SegmentParams, raw),
-                                  illum=load_illum(args.illum), qc_out=args.qc, root=args.root)
+        if args.backend == "cellprofiler":
+            from morphobench.images.cp_backend import run_segment_cp
+
+            objects, qc = run_segment_cp(rows, args.labels, args.out, segment_params(raw), illum=args.illum,
+                                         qc_out=args.qc, root=args.root, python=args.python)
+        else:
+            objects, qc = run_segment(rows, args.labels, args.out, segment_params(raw),
+                                      illum=load_illum(args.illum), qc_out=args.qc, root=args.root)
         log.info("segment: plate %s: %d sites, %d objects, %d blank sites, %d low-contrast sites",
                  args.plate, len(qc), len(objects), int(qc["QC_Blank"].sum()), int(qc["QC_LowContrast"].sum()))
     elif args.stage == "crops":
@@ -148,9 +167,20 @@ def run(args: argparse.Namespace) -> None:
             raise MorphobenchError(f"FeatureParams: unknown parameter(s) {unknown}; allowed {sorted(names)}")
         params = feature_params(preset, **raw)
         rows = load_sheet(args.sheet, args.plate)
-        objects, wells = run_features(rows, args.labels, args.out, args.wells_out, params,
-                                      illum=load_illum(args.illum), plate_map=read_plate_map(args.plate_map),
-                                      root=args.root)
+        if args.backend == "cellprofiler":
+            from morphobench.images.cp_backend import run_features_cp
+            from morphobench.images.features import object_wells
+            from morphobench.io import write_parquet
+
+            objects = run_features_cp(rows, args.labels, args.out, illum=args.illum, root=args.root,
+                                      python=args.python, params=params, workers=args.threads)
+            if args.wells_out:
+                write_parquet(object_wells(objects, params.aggregate,
+                                           plate_map=read_plate_map(args.plate_map)), args.wells_out)
+        else:
+            objects, wells = run_features(rows, args.labels, args.out, args.wells_out, params,
+                                          illum=load_illum(args.illum), plate_map=read_plate_map(args.plate_map),
+                                          root=args.root, workers=args.threads)
         log.info("features: plate %s: %d objects × %d columns", args.plate, len(objects), objects.shape[1])
     elif args.stage == "apply-illum":
         from morphobench.images.illum import materialize_plate
@@ -171,11 +201,6 @@ def run(args: argparse.Namespace) -> None:
 
         idx = gather_crop_index(args.inputs, args.out)
         log.info("gather-crops: %d crops from %d plates", len(idx), len(args.inputs))
-    elif args.stage == "gather-profiles":
-        from morphobench.images.features import gather_profiles
-
-        df = gather_profiles(args.inputs, args.out, drop_nan_features=not args.keep_nan)
-        log.info("gather-profiles: %d wells × %d columns", *df.shape)
     elif args.stage == "translation-table":
         from morphobench.images.features import cp_measure_names, translation_table
 

@@ -18,10 +18,12 @@ Downstream stages cannot tell which backend ran, except from the ``backend`` ent
 metadata carry.
 
 Parameters are the in-process backend's (:class:`~morphobench.images.illum.IllumParams`,
-:class:`~morphobench.images.segment.SegmentParams`), translated to the CellProfiler module settings
-that do the same thing (:func:`cp_illum_settings`, :func:`cp_segment_settings`); ``cp_settings``
-overrides any translated setting with a CellProfiler-native one (e.g. ``regularization_factor``
-or ``cells_method: "Watershed - Gradient"``).
+:class:`~morphobench.images.segment.SegmentParams`, :class:`~morphobench.images.features.FeatureParams`,
+presets included), translated to the CellProfiler module settings that do the same thing
+(:func:`cp_illum_settings`, :func:`cp_segment_settings`, :func:`cp_measure_settings`);
+``cp_settings`` overrides any translated setting with a CellProfiler-native one (e.g.
+``regularization_factor`` or ``cells_method: "Watershed - Gradient"``). The command line is the
+in-process one: ``python -m morphobench.images illum|segment|features --backend cellprofiler``.
 
 The interpreter is, in order: the ``python`` argument, ``$MORPHOBENCH_CP_PYTHON``, the config key
 ``images.cellprofiler_python``, and ``.venv-cellprofiler/bin/python`` (relative paths are looked
@@ -55,7 +57,7 @@ import pandas as pd
 
 from morphobench.data.tables import SITE_KEYS, sheet_channels
 from morphobench.images.cp_worker import SCALE_PER_SIGMA
-from morphobench.images.illum import IllumParams, effective_median_size, save_illum_png
+from morphobench.images.illum import IllumParams, cp_median_radius, effective_median_size, save_illum_png
 from morphobench.images.io import IllumFunctions, site_label, site_meta, site_paths
 from morphobench.images.segment import (
     OBJECTS,
@@ -297,6 +299,14 @@ def cp_illum_settings(params: IllumParams, width: int, overrides: Mapping | None
     diameter equals the in-process square window's side; rescaling "Yes" = divide by the 2nd
     percentile (CellProfiler's fixed robust minimum; ``robust_min_percentile`` must be 2).
     """
+    if params.method == "cellprofiler":  # the JUMP pipeline: Resize, then CellProfiler's own filter size
+        if abs(params.robust_min_percentile - 2.0) > 1e-9:
+            raise MorphobenchError("CellProfiler's illumination rescaling uses the 2nd percentile; illum "
+                                   f"robust_min_percentile={params.robust_min_percentile}")
+        out = {"resize_factor": float(params.resize_factor), "smoothing_method": "Median Filter",
+               "filter_size": int(params.filter_size), "rescale": "Yes", "skip_blank": True}
+        out.update(overrides or {})
+        return out
     if abs(params.robust_min_percentile - 2.0) > 1e-9:
         raise MorphobenchError("the cellprofiler backend's illumination rescaling uses the 2nd "
                                f"percentile; illum robust_min_percentile={params.robust_min_percentile}")
@@ -344,7 +354,9 @@ def run_illum_cp(rows: pd.DataFrame, out: str | os.PathLike, params: IllumParams
         log.warning("illum (cellprofiler): plate %s site %s channel %s: blank image (skipped)",
                     plate, sites[rec["site"]]["site"], rec["channel"])
     meta = {"backend": "cellprofiler", "params": asdict(params), "cp_settings": settings,
-            "n_images": extra["n_images"], "median_size_used": effective_median_size(width, params),
+            "n_images": extra["n_images"],
+            "median_size_used": (effective_median_size(width, params) if params.method != "cellprofiler"
+                                 else 2 * cp_median_radius(params.filter_size) + 1),
             "qc": [{"site": sites[r["site"]]["site"], "channel": r["channel"], "issue": "blank image"}
                    for r in extra["skipped"]],
             "versions": res.get("versions", {})}
@@ -403,6 +415,8 @@ def cp_segment_settings(params: SegmentParams, overrides: Mapping | None = None,
       threshold is computed on the raw image and only the binarised image is smoothed; the
       secondary objects grow on the unsmoothed cell channel.
     """
+    if params.method == "cellprofiler":
+        return _cp_settings_cellprofiler(params, overrides)
     overrides = dict(overrides or {})
     smoothing = overrides.pop("smoothing", "gaussian_filter")
     if smoothing not in ("gaussian_filter", "threshold"):
@@ -462,6 +476,48 @@ def cp_segment_settings(params: SegmentParams, overrides: Mapping | None = None,
                   "cells_threshold_smoothing_scale": 0.0,
                   "cells_watershed_sigma": float(params.cell_watershed_sigma)})
     s.update(overrides)
+    return s
+
+
+def _cp_settings_cellprofiler(params: SegmentParams, overrides: Mapping | None = None) -> dict:
+    """Worker settings of ``method="cellprofiler"`` (the ``jump`` preset): CellProfiler's own
+    modules with the very settings the in-process :mod:`~morphobench.images.identify` follows."""
+    if params.cell_method != "intensity" or params.declump not in ("shape", "none"):
+        raise MorphobenchError("segment method cellprofiler: use declump 'shape' and cell_method 'intensity'")
+    tm = _THRESHOLD_METHODS.get(params.threshold_method)
+    if tm is None:
+        raise MorphobenchError(f"segment method cellprofiler: nuclei threshold {params.threshold_method!r}; "
+                               f"use {sorted(_THRESHOLD_METHODS)}")
+    if params.cell_threshold_method != "otsu":
+        raise MorphobenchError("segment method cellprofiler: the cell threshold is Otsu (2 or 3 classes)")
+    lines = params.dividing_lines or params.declump
+    s = {
+        "nuclei_channel": params.nuclei_channel, "min_contrast": float(params.min_contrast),
+        "nuclei_background": ({"block_size": int(params.nuclei_background_block),
+                               "filter_size": float(params.nuclei_background_filter)}
+                              if params.nuclei_background_block else None),
+        "pre_smooth_sigma": 0.0, "threshold_method": tm,
+        "threshold_smoothing_scale": float(params.smooth_sigma) * SCALE_PER_SIGMA,
+        "threshold_correction_factor": float(params.threshold_correction),
+        "threshold_min": float(params.threshold_bounds[0]), "threshold_max": float(params.threshold_bounds[1]),
+        "min_diameter": params.min_diameter, "max_diameter": params.max_diameter,
+        "exclude_size": True, "exclude_border_objects": False,
+        "unclump_method": _DECLUMP[params.declump],
+        "watershed_method": _DECLUMP.get(lines, "None") if params.declump != "none" else "None",
+        "declump_smoothing_filter_size": 10, "maxima_suppression_size": params.maxima_suppression,
+        "low_res_maxima": False, "fill_holes": "After declumping only",
+        "cells_channel": params.cell_channel, "cells_foreground_channels": [params.cell_channel],
+        "cells_method": "Watershed - Image", "cells_threshold_mode": "module",
+        "cells_threshold_method": "Multi-Otsu" if params.cell_threshold_classes == 3 else "Otsu",
+        "cells_threshold_log": bool(params.cell_threshold_log),
+        "cells_threshold_correction_factor": float(params.cell_threshold_correction),
+        "cells_threshold_min": float(params.cell_threshold_bounds[0]),
+        "cells_threshold_max": float(params.cell_threshold_bounds[1]),
+        "cells_threshold_smoothing_scale": float(params.cell_smooth_sigma) * SCALE_PER_SIGMA,
+        "cells_fill_holes": True, "discard_edge_cells": False,
+        "filter_border_after_cells": bool(params.exclude_border),
+    }
+    s.update(overrides or {})
     return s
 
 
@@ -574,9 +630,47 @@ def labels_to_npz(labels_store: str | os.PathLike, rows: pd.DataFrame, path: Pat
     return path
 
 
+_CP_CORRELATIONS = {"pearson": "Correlation", "manders": "Manders", "rwc": "RWC", "overlap": "Overlap",
+                    "costes": "Costes"}
+
+
+def cp_measure_settings(params, overrides: Mapping | None = None) -> dict:
+    """The worker's measurement settings (``cp_worker.MEASURE_DEFAULTS``) that measure what the
+    in-process features (:class:`~morphobench.images.features.FeatureParams`) measure: the same
+    compartments, groups, channels, texture scales and levels, granularity, radial bins,
+    colocalization types and threshold, neighbour sets and cytoplasm definition."""
+    from morphobench.images.features import feature_params, neighbor_sets
+
+    if isinstance(params, Mapping):
+        raw = dict(params)
+        params = feature_params(raw.pop("preset", "full"), **raw)
+    if params.radial_zernikes and "RadialDistribution" in params.groups:
+        log.warning("cellprofiler backend: RadialDistribution Zernike moments are not measured by the "
+                    "worker (JUMP measures none); set radial_zernikes false for equal feature sets")
+    unknown = sorted(set(params.correlations) - set(_CP_CORRELATIONS))
+    if unknown:
+        raise MorphobenchError(f"unknown correlation measure(s) {unknown}; allowed {sorted(_CP_CORRELATIONS)}")
+    s = {"compartments": list(params.compartments), "categories": list(params.groups),
+         "channels": list(params.channels) or None, "zernike": bool(params.zernike),
+         "advanced_shape": bool(params.advanced_shape),
+         "texture_scales": [int(x) for x in params.texture_scales],
+         "texture_gray_levels": int(params.texture_gray_levels),
+         "granularity_spectrum_length": int(params.granularity_spectrum),
+         "granularity_subsample_size": float(params.granularity_subsample),
+         "granularity_image_sample_size": float(params.granularity_image_sample),
+         "granularity_element_size": int(params.granularity_element_size),
+         "radial_bins": int(params.radial_bins),
+         "neighbors": [[c, m, int(d)] for c, m, d in neighbor_sets(params)],
+         "correlation_types": [_CP_CORRELATIONS[c] for c in params.correlations],
+         "correlation_threshold": float(params.correlation_threshold),
+         "shrink_primary": bool(params.shrink_nuclei)}
+    s.update(overrides or {})
+    return s
+
+
 def run_features_cp(rows: pd.DataFrame, labels_store: str | os.PathLike, out: str | os.PathLike, *,
                     illum=None, root=None, python=None, settings: Mapping | None = None,
-                    timeout: float | None = None) -> pd.DataFrame:
+                    timeout: float | None = None, params=None, workers: int = 1) -> pd.DataFrame:
     """Object-level CellProfiler measurements of one plate; writes ``out`` (parquet).
 
     ``settings``: the worker's measurement settings (``cp_worker.MEASURE_DEFAULTS`` names:
@@ -589,14 +683,38 @@ def run_features_cp(rows: pd.DataFrame, labels_store: str | os.PathLike, out: st
     """
     if rows.empty:
         raise MorphobenchError("features (cellprofiler): no sites")
+    if params is not None:  # the in-process FeatureParams: the same measurement
+        settings = {**cp_measure_settings(params), **dict(settings or {})}
     settings = dict(settings or {})
     channels = list(settings.get("channels") or sheet_channels(rows))
     sites = request_sites(rows, channels, root)
+    # ``workers`` > 1: that many worker processes, each on a contiguous share of the sites
+    chunks = [c for c in np.array_split(np.arange(len(rows)), max(1, min(int(workers), len(rows)))) if len(c)]
+    seconds: dict[str, float] = {}  # worker seconds per feature group (benchmarks/images.py)
     with _Workdir() as wd:
-        lpath = labels_to_npz(labels_store, rows, wd / "labels_in.npz")
-        run_worker("measure", sites, channels, settings, wd, python=python,
-                   illum=_illum_file(illum, wd), labels=lpath, timeout=timeout)
-        feats = pd.read_csv(wd / "measure" / "features.csv")  # repr floats: exact
+        ipath = _illum_file(illum, wd)
+
+        def one(k: int) -> pd.DataFrame:
+            idx = chunks[k]
+            sub = wd / f"part{k}"
+            sub.mkdir()
+            lpath = labels_to_npz(labels_store, rows.iloc[idx], sub / "labels_in.npz")
+            res = run_worker("measure", [sites[j] for j in idx], channels, settings, sub, python=python,
+                             illum=ipath, labels=lpath, timeout=timeout)
+            for cat, sec in res.get("seconds_by_category", {}).items():
+                seconds[cat] = seconds.get(cat, 0.0) + float(sec)
+            part = pd.read_csv(sub / "measure" / "features.csv")  # repr floats: exact
+            part["site"] = idx[part["site"].to_numpy()]
+            return part
+
+        if len(chunks) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(len(chunks)) as ex:
+                parts = list(ex.map(one, range(len(chunks))))
+        else:
+            parts = [one(0)]
+        feats = pd.concat(parts, ignore_index=True)
     meta = pd.DataFrame([site_meta(r) for _, r in rows.iterrows()])
     meta["ImageNumber"] = np.arange(1, len(rows) + 1, dtype=np.int64)
     site = feats.pop("site").to_numpy()
@@ -607,57 +725,36 @@ def run_features_cp(rows: pd.DataFrame, labels_store: str | os.PathLike, out: st
         df[k] = df[k].astype(rows[k].dtype)
     fcols = [c for c in df.columns if c not in (*SITE_KEYS, "ImageNumber", "ObjectNumber")]
     df[fcols] = df[fcols].astype(np.float64)
+    if params is not None and params.max_objects_per_well:
+        # the in-process backend's seeded subset of objects per well (CellProfiler measured all)
+        from morphobench.images.features import _select_objects
+
+        _, lsites = open_labels(labels_store)
+        pick = _select_objects(lsites, params)
+        keep = np.zeros(len(df), bool)
+        for im, objs in pick.items():
+            sel = df["ImageNumber"].to_numpy() == im
+            keep |= sel if objs is None else sel & np.isin(df["ObjectNumber"].to_numpy(), objs)
+        df = df[keep].reset_index(drop=True)
     write_parquet(df, out)
+    df.attrs["seconds_by_group"] = seconds
     return df
 
 
 # --------------------------------------------------------------------------------------------
-# Command line (what the Snakemake rules call)
+# Command line: the environment check (the stages run through ``python -m morphobench.images
+# <stage> --backend cellprofiler``, the same CLI and flags as the in-process backend)
 # --------------------------------------------------------------------------------------------
-def _params_from(cls, text: str | None):
-    from morphobench.images.io import params_from
-
-    return params_from(cls, text)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    from morphobench.images.io import load_sheet
-    from morphobench.io import setup_logging
-
-    ap = argparse.ArgumentParser(prog="python -m morphobench.images.cp_backend",
-                                 description="CellProfiler backend (runs the worker in its own env)")
-    ap.add_argument("task", choices=["check", "illum", "segment", "features"])
-    ap.add_argument("--sheet", help="image sheet (parquet)")
-    ap.add_argument("--plate")
-    ap.add_argument("--illum", help="illumination .npz (input of segment/features; output of illum)")
-    ap.add_argument("--png", help="illum: PNG of the functions")
-    ap.add_argument("--labels", help="label store (output of segment; input of features)")
-    ap.add_argument("--objects", help="segment: object table (parquet)")
-    ap.add_argument("--qc", help="segment: QC table (parquet)")
-    ap.add_argument("--out", help="features: output parquet")
-    ap.add_argument("--params", default="", help="JSON (or @file) of the in-process params")
-    ap.add_argument("--cp-settings", default="", help="JSON of CellProfiler settings (override)")
+    ap = argparse.ArgumentParser(
+        prog="python -m morphobench.images.cp_backend",
+        description="Check the CellProfiler environment (prints its versions). The image stages of this "
+                    "backend run as `python -m morphobench.images illum|segment|features --backend "
+                    "cellprofiler [--python PY] ...`, with the in-process backend's flags.")
+    ap.add_argument("task", choices=["check"])
     ap.add_argument("--python", help="interpreter of the CellProfiler environment")
-    ap.add_argument("--root", help="directory relative image paths are resolved against")
-    ap.add_argument("--log")
     a = ap.parse_args(argv)
-    setup_logging(a.log)
-    cps = json.loads(a.cp_settings) if a.cp_settings.strip() else None
-    if a.task == "check":
-        print(json.dumps(worker_versions(a.python), indent=1))
-        return 0
-    if not (a.sheet and a.plate):
-        ap.error("--sheet and --plate are required")
-    rows = load_sheet(a.sheet, plate=a.plate)
-    if a.task == "illum":
-        run_illum_cp(rows, a.illum, _params_from(IllumParams, a.params), png=a.png, root=a.root,
-                     python=a.python, cp_settings=cps)
-    elif a.task == "segment":
-        run_segment_cp(rows, a.labels, a.objects, _params_from(SegmentParams, a.params), illum=a.illum,
-                       qc_out=a.qc, root=a.root, python=a.python, cp_settings=cps)
-    else:
-        run_features_cp(rows, a.labels, a.out, illum=a.illum, root=a.root, python=a.python,
-                        settings=cps or (json.loads(a.params) if a.params.strip() else None))
+    print(json.dumps(worker_versions(a.python), indent=1))
     return 0
 
 

@@ -56,6 +56,9 @@ ILLUM_DEFAULTS = {
     # JUMP illumination pipelines, images are shrunk first (Resize ×1/downsample), the function is
     # computed at low resolution and enlarged back (bilinear).
     "downsample": 4,
+    # JUMP: CellProfiler's Resize module (bilinear, by this factor) instead of the block mean;
+    # the function is enlarged back to the image's shape (bilinear) — None: block mean
+    "resize_factor": None,
     "smoothing_method": "Median Filter",
     "filter_size": 20,            # "Smoothing filter size" (manual), in downsampled pixels
     "rescale": "Yes",             # divide by the robust minimum (2nd percentile): function >= 1
@@ -114,6 +117,21 @@ SEGMENT_DEFAULTS = {
     "cells_max_distance": None,   # mask the foreground to this distance (px) from a nucleus
     "cells_fill_holes": True,
     "discard_edge_cells": False,
+    # --- the JUMP pipeline's variant (shared/JUMP_PIPELINE.md §2-4) ---
+    # CorrectIlluminationCalculate "Background" (each image, block minima, Gaussian of this
+    # filter size, no rescale) + CorrectIlluminationApply "Subtract" on the nuclei image first;
+    # None: no background step
+    "nuclei_background": None,    # e.g. {"block_size": 30, "filter_size": 50}
+    # "composite": the cell foreground above (Threshold of a channel composite, given to
+    # IdentifySecondaryObjects as its mask); "module": IdentifySecondaryObjects thresholds
+    # cells_channel itself with these settings (JUMP: Multi-Otsu, log, × 0.7, 0.005-0.06)
+    "cells_threshold_mode": "composite",
+    "cells_threshold_log": False,
+    "cells_threshold_min": 0.0,
+    "cells_threshold_max": 1.0,
+    # FilterObjects "Image or mask border" after the cells: nuclei touching the image edge are
+    # dropped with their cells, the rest renumbered (JUMP's Nuclei / Cells)
+    "filter_border_after_cells": False,
 }
 MEASURE_DEFAULTS = {
     "compartments": ["Nuclei", "Cells", "Cytoplasm"],
@@ -130,6 +148,13 @@ MEASURE_DEFAULTS = {
     "radial_bins": 4,
     "radial_maximum_radius": 100,
     "neighbors_distance": 5,      # MeasureObjectNeighbors "Within a specified distance"
+    # explicit neighbour sets [compartment, method, distance] (method: "Adjacent", "Expand until
+    # adjacent", "Within a specified distance"); None: every compartment within neighbors_distance
+    "neighbors": None,
+    # MeasureColocalization: measurement types (Correlation, Manders, RWC, Overlap, Costes) and
+    # the threshold (% of each image's maximum in the object) of Manders / RWC / Costes
+    "correlation_types": ["Correlation"],
+    "correlation_threshold": 15.0,
     "shrink_primary": True,       # IdentifyTertiaryObjects "Shrink smaller object prior to subtraction?"
     "keep_location": False,       # keep Location_* columns (positions, not morphology) in the table
 }
@@ -181,8 +206,8 @@ def versions() -> dict:
     import importlib.metadata as md
 
     out = {"protocol": PROTOCOL, "python": sys.version.split()[0]}
-    for name in ("numpy", "scipy", "scikit-image", "tifffile", "cellprofiler-library-nightly",
-                 "cellprofiler-core-nightly", "centriole-nightly"):
+    for name in ("numpy", "scipy", "scikit-image", "tifffile", "imagecodecs",
+                 "cellprofiler-library-nightly", "cellprofiler-core-nightly", "centriole-nightly"):
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
@@ -196,6 +221,62 @@ def image_scale(img) -> float:
     return float(np.iinfo(img.dtype).max) if np.issubdtype(img.dtype, np.integer) else 1.0
 
 
+class TiffCodecError(Exception):
+    """A TIFF whose compression has no decoder in this environment (message names the codec)."""
+
+
+def tiff_codec_problem(tif) -> str | None:
+    """Why the pixels of an open ``tifffile.TiffFile`` cannot be decoded here, or None.
+
+    Checks the compression (and predictor) of its first page against the decoders tifffile has:
+    LZW, Deflate, ZSTD, JPEG … need the ``imagecodecs`` package; an unknown compression code has
+    no decoder at all. Shared by both backends (the in-process reader imports it from here), so a
+    missing codec is reported by name, never as a "truncated or corrupt" file.
+    """
+    from tifffile import COMPRESSION, PREDICTOR, TIFF
+
+    page = tif.pages[0]
+    comp = int(page.compression)
+    try:
+        name = COMPRESSION(comp).name
+    except ValueError:
+        name = None
+    try:
+        TIFF.DECOMPRESSORS[comp]
+    except KeyError as err:
+        if name is None:
+            return f"unknown TIFF compression code {comp} (no decoder exists for it)"
+        reason = str(err).strip("'\"")
+        hint = ("; install the pinned 'imagecodecs' package (pyproject.toml / envs/*.yaml)"
+                if "imagecodecs" in reason else "")
+        return f"TIFF compression {name} (code {comp}) cannot be decoded: {reason}{hint}"
+    pred = int(getattr(page, "predictor", 1) or 1)
+    if pred != 1:
+        try:
+            TIFF.PREDICTORS[pred]
+        except KeyError as err:
+            try:
+                pname = PREDICTOR(pred).name
+            except ValueError:
+                pname = f"code {pred}"
+            return f"TIFF predictor {pname} (compression {name}) cannot be decoded: {str(err).strip(chr(39))}"
+    return None
+
+
+def read_tiff(path: str):
+    """Pixels of a TIFF (tifffile), with a codec that cannot be decoded reported by name.
+
+    Raises :class:`TiffCodecError` (message names the codec) or tifffile's own errors.
+    """
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        problem = tiff_codec_problem(tif)
+        if problem:
+            raise TiffCodecError(problem)
+        return tif.asarray()
+
+
 def read_image(path: str, with_scale: bool = False):
     """One 2-D plane as float32 in CellProfiler's [0, 1] scale; errors name the file."""
     np = _np()
@@ -203,13 +284,13 @@ def read_image(path: str, with_scale: bool = False):
         raise WorkerError("image file not found", path)
     try:
         if path.lower().endswith((".tif", ".tiff")):
-            import tifffile
-
-            img = tifffile.imread(path)
+            img = read_tiff(path)
         else:
             import skimage.io
 
             img = skimage.io.imread(path)
+    except TiffCodecError as err:
+        raise WorkerError(f"cannot read image: {err}", path) from err
     except Exception as err:
         raise WorkerError(f"cannot read image: {type(err).__name__}: {err} (truncated or corrupt file?)",
                           path) from err
@@ -334,7 +415,15 @@ def task_illum(req: dict) -> dict:
             if p["skip_blank"] and float(img.max() - img.min()) <= 0.0:
                 skipped.append({"site": i, "channel": ch, "file": site["paths"][ch]})
                 continue
-            if ds > 1:  # block mean (Resize ×1/ds); partial edge blocks average their own pixels
+            if p["resize_factor"] is not None:  # CellProfiler's Resize module (JUMP: ×0.2)
+                from cellprofiler_library.modules._resize import resize_image
+
+                small, _m, _c = resize_image(
+                    img, np.ones(img.shape, bool), 2, None,
+                    "Resize by a fraction or multiple of the original size", float(p["resize_factor"]),
+                    float(p["resize_factor"]), None, "Manual", None, None, None, None, "Bilinear")
+                small = np.asarray(small, np.float32)
+            elif ds > 1:  # block mean (Resize ×1/ds); partial edge blocks average their own pixels
                 small = downscale_local_mean(img, (ds, ds))
                 if img.shape[0] % ds or img.shape[1] % ds:
                     small = small / downscale_local_mean(np.ones(img.shape), (ds, ds))
@@ -358,7 +447,9 @@ def task_illum(req: dict) -> dict:
             continue
         out, _dilated, _avg, _mask = acc.finalize()
         out = np.asarray(out, np.float64)
-        if ds > 1:
+        if p["resize_factor"] is not None and out.shape != shape:  # Resize back (bilinear)
+            out = resize(out, shape, order=1, mode="symmetric")
+        elif p["resize_factor"] is None and ds > 1:
             out = resize(out, shape, order=1, mode="edge", anti_aliasing=False, preserve_range=True)
         if not np.all(np.isfinite(out)) or out.min() <= 0:
             funcs[ch] = np.ones(shape, np.float32)  # blank / non-positive average: no correction
@@ -435,6 +526,9 @@ def segment_site(images: dict, p: dict, blank=()):
         return z, z.copy(), {"n": 0, "threshold_nuclei": float("nan"), "threshold_cells": float("nan"), **qc}
     from cellprofiler_library.modules import gaussianfilter, identifyprimaryobjects, identifysecondaryobjects
 
+    if p["nuclei_background"]:
+        dna = subtract_background(dna, int(p["nuclei_background"]["block_size"]),
+                                  int(p["nuclei_background"]["filter_size"]))
     if float(p["pre_smooth_sigma"]) > 0:
         dna = gaussianfilter(dna, float(p["pre_smooth_sigma"])).astype(np.float32)
     kw = {}
@@ -459,6 +553,8 @@ def segment_site(images: dict, p: dict, blank=()):
     if nuclei.max() == 0:
         return nuclei, np.zeros_like(nuclei), {"n": 0, "threshold_nuclei": nuc_threshold,
                                                "threshold_cells": float("nan"), **qc}
+    if p["cells_threshold_mode"] == "module":
+        return _cells_by_module(images, nuclei, unedited, p, blank, nuc_threshold, qc)
     binary, cell_threshold = cell_foreground(images, p, blank)
     if binary is None:  # nothing to threshold: cells = nuclei (as the in-process backend)
         return nuclei, nuclei.copy(), {"n": int(nuclei.max()), "threshold_nuclei": nuc_threshold,
@@ -490,6 +586,71 @@ def segment_site(images: dict, p: dict, blank=()):
         regularization_factor=float(p["regularization_factor"]), return_cp_output=True)
     nuclei_out = np.asarray(sres[5]).astype(np.int32)   # = nuclei unless edge cells were discarded
     cells = np.asarray(sres[6]).astype(np.int32)
+    return nuclei_out, cells, {"n": int(nuclei_out.max()), "threshold_nuclei": nuc_threshold,
+                               "threshold_cells": cell_threshold, **qc}
+
+
+def subtract_background(img, block_size: int, filter_size: int):
+    """CorrectIlluminationCalculate "Background" (this image only: block minima, Gaussian filter
+    of the given size, no rescaling) then CorrectIlluminationApply "Subtract", clipped to [0, 1]."""
+    np = _np()
+    from cellprofiler_library.modules._correctilluminationapply import correct_illumination_apply
+    from cellprofiler_library.modules._correctilluminationcalculate import correctilluminationcalculate
+
+    x = np.asarray(img, np.float64)
+    acc = correctilluminationcalculate(
+        x.copy(), None, intensity_choice="Background", smoothing_method="Gaussian Filter",
+        block_size=int(block_size), dilate_objects=False, object_dilation_radius=1,
+        automatic_object_width="Manually", size_of_smoothing_filter=int(filter_size), object_width=10,
+        automatic_splines=True, spline_bg_mode="auto", spline_points=5, spline_threshold=2.0,
+        spline_convergence=0.001, spline_maximum_iterations=40, spline_rescale=2.0, rescale_option="No")
+    background = np.asarray(acc.finalize()[0], np.float64)
+    out = correct_illumination_apply(x, background, "Subtract", truncate_low=True, truncate_high=True)
+    return np.asarray(out, np.float32)
+
+
+def filter_border_objects(nuclei, cells):
+    """FilterObjects "Image or mask border" on the nuclei, cells following their nucleus:
+    edge-touching nuclei dropped, the others renumbered 1..N in their order."""
+    np = _np()
+    n = int(nuclei.max())
+    if n == 0:
+        return nuclei, np.zeros_like(cells)
+    edge = np.unique(np.concatenate([nuclei[0], nuclei[-1], nuclei[:, 0], nuclei[:, -1]]))
+    keep = np.zeros(n + 1, bool)
+    keep[np.unique(nuclei)] = True
+    keep[edge] = False
+    keep[0] = False
+    lookup = np.zeros(max(n, int(cells.max())) + 1, np.int64)
+    lookup[np.flatnonzero(keep)] = np.arange(1, int(keep.sum()) + 1)
+    return lookup[nuclei].astype(np.int32), lookup[cells].astype(np.int32)
+
+
+def _cells_by_module(images, nuclei, unedited, p, blank, nuc_threshold, qc):
+    """IdentifySecondaryObjects with its own threshold on cells_channel (the JUMP set-up), then
+    (optionally) FilterObjects on the border."""
+    np = _np()
+    from cellprofiler_library.modules import identifysecondaryobjects
+
+    cyto = np.asarray(images[p["cells_channel"]], np.float64)
+    if p["cells_channel"] in blank:
+        cyto = np.zeros(cyto.shape)
+    sres = identifysecondaryobjects(
+        cyto, nuclei, unedited_objects=unedited, mask=np.ones(cyto.shape, bool),  # the image mask: all
+        secondary_object_method=p["cells_method"],
+        threshold_method=p["cells_threshold_method"], threshold_scope="Global",
+        assign_middle_to_foreground="Foreground", log_transform=bool(p["cells_threshold_log"]),
+        threshold_correction_factor=float(p["cells_threshold_correction_factor"]),
+        threshold_min=float(p["cells_threshold_min"]), threshold_max=float(p["cells_threshold_max"]),
+        threshold_smoothing=float(p["cells_threshold_smoothing_scale"]),
+        distance_to_dilate=int(p["distance_to_dilate"]), fill_holes=bool(p["cells_fill_holes"]),
+        discard_edge=bool(p["discard_edge_cells"]),
+        regularization_factor=float(p["regularization_factor"]), return_cp_output=True)
+    cell_threshold = float(np.mean(np.atleast_1d(sres[0])))
+    nuclei_out = np.asarray(sres[5]).astype(np.int32)
+    cells = np.asarray(sres[6]).astype(np.int32)
+    if p["filter_border_after_cells"]:
+        nuclei_out, cells = filter_border_objects(nuclei_out, cells)
     return nuclei_out, cells, {"n": int(nuclei_out.max()), "threshold_nuclei": nuc_threshold,
                                "threshold_cells": cell_threshold, **qc}
 
@@ -588,6 +749,11 @@ def measure_site(images: dict, labels: dict, p: dict) -> dict:
         out[f"{comp}_{name}"] = v
 
     chans = p["channels"] or list(images)
+    clock = p.setdefault("_seconds", {})
+
+    def tick(cat: str, t0: float) -> None:
+        clock[cat] = clock.get(cat, 0.0) + time.perf_counter() - t0
+
     for comp in p["compartments"]:
         lab = labels[comp]
         present = np.zeros(n + 1, bool)
@@ -597,12 +763,15 @@ def measure_site(images: dict, labels: dict, p: dict) -> dict:
                               f"{(np.flatnonzero(~present[1:]) + 1)[:10].tolist()} that the nuclei have "
                               "(every compartment must hold objects 1..N)")
         if "AreaShape" in cats:
+            t0 = time.perf_counter()
             lm = measureobjectsizeshape(lab[None, None, None, None], comp,
                                         calculate_advanced=bool(p["advanced_shape"]),
                                         calculate_zernikes=bool(p["zernike"]))
             for name, v in _object_measurements(lm, comp).items():
                 put(comp, name, v)
+            tick("AreaShape", t0)
         if "Intensity" in cats:
+            t0 = time.perf_counter()
             from cellprofiler_library.modules._measureobjectintensity import measure_object_intensity
 
             for ch in chans:
@@ -612,7 +781,9 @@ def measure_site(images: dict, labels: dict, p: dict) -> dict:
                     if name.startswith("Location_") and not p["keep_location"]:
                         continue
                     put(comp, name, v)
+            tick("Intensity", t0)
         if "Texture" in cats:
+            t0 = time.perf_counter()
             from cellprofiler_library.modules._measuretexture import measure_object_texture
 
             for ch in chans:
@@ -622,7 +793,9 @@ def measure_site(images: dict, labels: dict, p: dict) -> dict:
                                                 np.arange(1, n + 1, dtype=np.int32), int(scale), False)
                     for name, v in _object_measurements(lm, comp).items():
                         put(comp, name, v)
+            tick("Texture", t0)
         if "RadialDistribution" in cats:
+            t0 = time.perf_counter()
             from cellprofiler_library.modules._measureobjectintensitydistribution import (
                 measureobjectintensitydistribution,
             )
@@ -637,29 +810,49 @@ def measure_site(images: dict, labels: dict, p: dict) -> dict:
                     if "_BinNumber_" in name:  # the bin index itself (constant per bin): no feature
                         continue
                     put(comp, name, v)
+            tick("RadialDistribution", t0)
         if "Correlation" in cats:
+            t0 = time.perf_counter()
             from cellprofiler_library.modules._measurecolocalization import run_image_pair_objects
 
+            types = list(p["correlation_types"])
+            thr = float(p["correlation_threshold"])
+            # as CellProfiler's MeasureColocalization module: the pixels inside objects, 1-D
+            inside = lab > 0
+            flat = lab[inside]
             for a in range(len(chans)):
                 for b in range(a + 1, len(chans)):
-                    lm = run_image_pair_objects(images[chans[a]], images[chans[b]], lab, n,
-                                                chans[a], chans[b], comp,
-                                                measurement_types=["Correlation"])
+                    p1, p2 = images[chans[a]][inside], images[chans[b]][inside]
+                    kw = {}
+                    if "Costes" in types:
+                        kw = {"im1_costes_pixels": p1, "im2_costes_pixels": p2,
+                              "im1_scale": 65535, "im2_scale": 65535}
+                    lm = run_image_pair_objects(p1, p2, flat, n, chans[a], chans[b], comp,
+                                                im1_thr_percentage=thr, im2_thr_percentage=thr,
+                                                measurement_types=types, **kw)
                     for name, v in _object_measurements(lm, comp).items():
                         put(comp, name, v)
+            tick("Correlation", t0)
         if "Neighbors" in cats:
+            t0 = time.perf_counter()
             from cellprofiler_library.modules._measureobjectneighbors import measure_object_neighbors
 
             has = np.zeros(n, bool)
             has[np.unique(lab[lab > 0]) - 1] = True
-            lm = measure_object_neighbors(lab, lab, lab, lab, comp, comp, True, 2,
-                                          int(p["neighbors_distance"]), "Within a specified distance",
-                                          has, n)
-            for name, v in _object_measurements(lm, comp).items():
-                if "ObjectNumber" in name:
+            sets = (p["neighbors"] if p["neighbors"] is not None
+                    else [[c, "Within a specified distance", p["neighbors_distance"]] for c in p["compartments"]])
+            for ncomp, method, dist in sets:
+                if ncomp != comp:
                     continue
-                put(comp, name, v)
+                lm = measure_object_neighbors(lab, lab, lab, lab, comp, comp, True, 2, int(dist), method,
+                                              has, n)
+                for name, v in _object_measurements(lm, comp).items():
+                    if "ObjectNumber" in name:
+                        continue
+                    put(comp, name, v)
+            tick("Neighbors", t0)
     if "Granularity" in cats:
+        t0 = time.perf_counter()
         from cellprofiler_library.functions.measurement import ObjectRecord
         from cellprofiler_library.modules._measuregranularity import measure_granularity
 
@@ -673,6 +866,7 @@ def measure_site(images: dict, labels: dict, p: dict) -> dict:
             for comp in p["compartments"]:
                 for name, v in _object_measurements(lm, comp).items():
                     put(comp, name, v)
+        tick("Granularity", t0)
     return out
 
 
@@ -741,7 +935,9 @@ def task_measure(req: dict) -> dict:
         header = sorted(measure_site({ch: np.full((8, 8), 0.5, np.float32) for ch in chans}, z0, p))
     prog(prog.total)
     _write_csv(os.path.join(req["out_dir"], "features.csv"), ["site", "ObjectNumber", *header], rows)
-    return {"n_objects": len(rows), "n_features": len(header), "params": p}
+    secs = p.pop("_seconds", {})
+    return {"n_objects": len(rows), "n_features": len(header), "params": p,
+            "seconds_by_category": {k: round(v, 4) for k, v in secs.items()}}
 
 
 TASKS = {"illum": task_illum, "segment": task_segment, "measure": task_measure}

@@ -73,6 +73,9 @@ class FeatureParams:
     #: AreaShape extras
     zernike: bool = True
     feret: bool = True
+    #: AreaShape: also the moments, inertia tensor, FilledArea, PerimeterCrofton (CellProfiler's
+    #: "advanced features"; JUMP: no)
+    advanced_shape: bool = True
     #: Texture: one Haralick set per scale (px) and gray levels
     texture_scales: tuple[int, ...] = (3, 5, 10)
     texture_gray_levels: int = 256
@@ -86,9 +89,18 @@ class FeatureParams:
     radial_zernikes: bool = True
     #: Correlation measures: any of pearson, manders, rwc, overlap, costes
     correlations: tuple[str, ...] = CORRELATIONS
+    #: Manders / RWC / Costes threshold, % of each object's maximum intensity (CellProfiler: 15)
+    correlation_threshold: float = 15.0
     #: MeasureObjectNeighbors method: "Adjacent" | "Expand until adjacent" | "Within a specified distance"
     neighbors_method: str = "Expand until adjacent"
     neighbors_distance: int = 5
+    #: explicit neighbour sets "Compartment:how", how = a distance in px, "Adjacent" or
+    #: "Expanded" (JUMP: Nuclei:1, Cells:5, Cells:Adjacent); empty: ``neighbors_method`` /
+    #: ``neighbors_distance`` for Nuclei and Cells
+    neighbors: tuple[str, ...] = ()
+    #: Cytoplasm = cells − nuclei shrunk by their 1-px outline first (CellProfiler
+    #: IdentifyTertiaryObjects "shrink smaller object", JUMP: yes); false: cells − nuclei
+    shrink_nuclei: bool = True
     #: intensities are divided by this (CellProfiler's [0, 1] scale for 16-bit files)
     intensity_scale: float = 65535.0
     #: measure at most this many objects per well (seeded random subset; 0 = all)
@@ -108,6 +120,18 @@ PRESETS: dict[str, dict] = {
              "zernike": False, "correlations": ("pearson",)},
     "minimal": {"texture_scales": (3,), "zernike": False, "correlations": ("pearson",),
                 "groups": ("AreaShape", "Intensity", "Texture", "Correlation")},
+    # The JUMP production pipelines' measurement settings (shared/JUMP_PIPELINE.md §5):
+    # MeasureObjectSizeShape Zernike yes / advanced no; MeasureTexture 256 levels at 3, 5, 10 px;
+    # MeasureGranularity radius 10, spectrum 16, subsampling 0.5 and 0.5;
+    # MeasureObjectIntensityDistribution 4 scaled bins, no Zernike; MeasureColocalization all
+    # metrics at 15 % without Costes; MeasureObjectNeighbors nuclei within 1 px, cells within
+    # 5 px and adjacent; Cytoplasm from shrunk nuclei.
+    "jump": {"texture_scales": (3, 5, 10), "texture_gray_levels": 256, "zernike": True, "feret": True,
+             "advanced_shape": False, "granularity_spectrum": 16, "granularity_subsample": 0.5,
+             "granularity_image_sample": 0.5, "granularity_element_size": 10, "radial_bins": 4,
+             "radial_zernikes": False, "correlations": ("pearson", "manders", "rwc", "overlap"),
+             "correlation_threshold": 15.0, "neighbors": ("Nuclei:1", "Cells:5", "Cells:Adjacent"),
+             "shrink_nuclei": True},
 }
 
 
@@ -217,6 +241,45 @@ def _funcs():
     return core, corr
 
 
+def _intensity(labels: np.ndarray, px: np.ndarray, n: int, core) -> dict[str, np.ndarray]:
+    """MeasureObjectIntensity as CellProfiler: quartiles and median interpolated at n·q in the
+    sorted pixels (cp-measure's ``legacy``), MAD = the median (scipy's, mean of the two middle
+    values) of |x − that median| (cellprofiler-library 5; CellProfiler 4.1.3 took the n·½
+    interpolated value instead, see README "Parity")."""
+    from scipy import ndimage
+
+    out = core["intensity"](labels, px, legacy=True)
+    med = np.zeros(n + 1)
+    med[1:] = out["Intensity_MedianIntensity"]
+    inside = labels > 0
+    dev = np.abs(px[inside] - med[labels[inside]])
+    mad = ndimage.median(dev, labels[inside], np.arange(1, n + 1))
+    out["Intensity_MADIntensity"] = np.nan_to_num(np.asarray(mad, float), nan=0.0)
+    return out
+
+
+#: seconds spent per feature group by this process (benchmarks/images.py reads and resets it)
+GROUP_SECONDS: dict[str, float] = {}
+
+
+class _clock:
+    """Adds the time spent in a ``with`` block to :data:`GROUP_SECONDS` [group]."""
+
+    def __init__(self, group: str):
+        self.group = group
+
+    def __enter__(self):
+        import time
+
+        self.t = time.perf_counter()
+
+    def __exit__(self, *exc):
+        import time
+
+        GROUP_SECONDS[self.group] = GROUP_SECONDS.get(self.group, 0.0) + time.perf_counter() - self.t
+        return False
+
+
 def _measure_compartment(labels: np.ndarray, pixels: np.ndarray, channels: Sequence[str],
                          params: FeatureParams) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """cp_measure features (featurizer-style names) of one label image; returns (ids, results)."""
@@ -228,52 +291,91 @@ def _measure_compartment(labels: np.ndarray, pixels: np.ndarray, channels: Seque
         return ids, res
     core, corr = _funcs()
     g = set(params.groups)
+    radial_cache = None  # the objects' centres and distances, shared by the channels
     if "AreaShape" in g:
-        res.update(core["sizeshape"](clean, None))
-        if params.zernike:
-            res.update(core["zernike"](clean, None))
-        if params.feret:
-            res.update(core["feret"](clean, None))
+        with _clock("AreaShape"):
+            res.update(core["sizeshape"](clean, None, calculate_advanced=params.advanced_shape,
+                                         new_features=params.advanced_shape))
+            if params.zernike:
+                res.update(core["zernike"](clean, None))
+            if params.feret:
+                res.update(core["feret"](clean, None))
     for ci, ch in enumerate(channels):
         px = pixels[ci]
         out: dict[str, np.ndarray] = {}
         if "Intensity" in g:
-            out.update(core["intensity"](clean, px))
+            with _clock("Intensity"):
+                out.update(_intensity(clean, px, int(ids.size), core))
         if "Texture" in g:
-            for sc in params.texture_scales:
-                out.update(core["texture"](clean, px, scale=int(sc), gray_levels=params.texture_gray_levels))
-        if "Granularity" in g:
-            out.update(core["granularity"](clean, px, subsample_size=params.granularity_subsample,
-                                           image_sample_size=params.granularity_image_sample,
-                                           element_size=params.granularity_element_size,
-                                           granular_spectrum_length=params.granularity_spectrum))
+            from morphobench.images.texture import texture_features
+
+            with _clock("Texture"):
+                for sc in params.texture_scales:
+                    out.update(texture_features(clean, px, int(ids.size), scale=int(sc),
+                                                gray_levels=params.texture_gray_levels))
         if "RadialDistribution" in g:
-            out.update(core["radial_distribution"](clean, px, bin_count=params.radial_bins))
-            if params.radial_zernikes:
-                out.update(core["radial_zernikes"](clean, px))
+            from morphobench.images.radial import radial_distribution
+
+            if radial_cache is None:
+                radial_cache = {}
+            with _clock("RadialDistribution"):
+                out.update(radial_distribution(clean, px, int(ids.size), params.radial_bins, cache=radial_cache))
+                if params.radial_zernikes:
+                    out.update(core["radial_zernikes"](clean, px))
         res.update({f"{k}__{ch}": v for k, v in out.items()})
     if "Correlation" in g and len(channels) > 1:
-        unknown = set(params.correlations) - set(CORRELATIONS)
-        if unknown:
-            raise MorphobenchError(f"unknown correlation measure(s) {sorted(unknown)}; allowed {CORRELATIONS}")
-        for i in range(len(channels)):
-            for j in range(i + 1, len(channels)):
-                for cname in params.correlations:
-                    kw = {"scale_max": 65535} if cname == "costes" else {}
-                    p1, p2 = pixels[i], pixels[j]
-                    if cname == "costes":
-                        p1, p2 = np.clip(p1, 0, 1), np.clip(p2, 0, 1)
-                    out = corr[cname](pixels_1=p1, pixels_2=p2, masks=clean, **kw)
-                    res.update({f"{k}__{channels[i]}__{channels[j]}": np.asarray(v, np.float64)
-                                for k, v in out.items()})
+        with _clock("Correlation"):
+            unknown = set(params.correlations) - set(CORRELATIONS)
+            if unknown:
+                raise MorphobenchError(f"unknown correlation measure(s) {sorted(unknown)}; allowed {CORRELATIONS}")
+            for i in range(len(channels)):
+                for j in range(i + 1, len(channels)):
+                    for cname in params.correlations:
+                        kw = {"scale_max": 65535} if cname == "costes" else {}
+                        if cname in ("manders", "rwc", "costes"):
+                            kw["thr"] = params.correlation_threshold
+                        p1, p2 = pixels[i], pixels[j]
+                        if cname == "costes":
+                            p1, p2 = np.clip(p1, 0, 1), np.clip(p2, 0, 1)
+                        if cname == "rwc":  # CellProfiler's site-wide ranks (cp-measure ranks per object)
+                            from morphobench.images.colocalization import rwc_objects
+
+                            out = rwc_objects(p1, p2, clean, int(ids.size), params.correlation_threshold)
+                        else:
+                            out = corr[cname](pixels_1=p1, pixels_2=p2, masks=clean, **kw)
+                        res.update({f"{k}__{channels[i]}__{channels[j]}": np.asarray(v, np.float64)
+                                    for k, v in out.items()})
     return ids, res
 
 
-def _neighbors(labels: np.ndarray, params: FeatureParams) -> dict[str, np.ndarray]:
+_NEIGHBOR_HOW = {"adjacent": ("Adjacent", 0), "expanded": ("Expand until adjacent", 0)}
+
+
+def neighbor_sets(params: FeatureParams) -> list[tuple[str, str, int]]:
+    """``(compartment, MeasureObjectNeighbors method, distance)`` of every neighbour measurement."""
+    if not params.neighbors:
+        return [(c, params.neighbors_method, int(params.neighbors_distance)) for c in ("Nuclei", "Cells")]
+    out = []
+    for spec in params.neighbors:
+        comp, _, how = str(spec).partition(":")
+        if comp not in COMPARTMENTS or not how:
+            raise MorphobenchError(f"neighbors entry {spec!r}: use 'Compartment:how' with a compartment of "
+                                   f"{COMPARTMENTS} and how = a distance in px, 'Adjacent' or 'Expanded'")
+        if how.lower() in _NEIGHBOR_HOW:
+            out.append((comp, *_NEIGHBOR_HOW[how.lower()]))
+        elif how.isdigit() and int(how) >= 1:
+            out.append((comp, "Within a specified distance", int(how)))
+        else:
+            raise MorphobenchError(f"neighbors entry {spec!r}: {how!r} is not a distance (px ≥ 1), "
+                                   "'Adjacent' or 'Expanded'")
+    return out
+
+
+def _neighbors(labels: np.ndarray, method: str, distance: int) -> dict[str, np.ndarray]:
     from cp_measure.bulk import get_multimask_measurements
 
     fn = get_multimask_measurements()["neighbors"]
-    kw = {"distance_method": params.neighbors_method, "distance": params.neighbors_distance}
+    kw = {"distance_method": method, "distance": distance}
     n = int(labels.max()) if labels.size else 0
     if n <= 1:
         # cp_measure 0.3.0 raises UnboundLocalError for label images with fewer than 2 objects
@@ -286,6 +388,43 @@ def _neighbors(labels: np.ndarray, params: FeatureParams) -> dict[str, np.ndarra
         keys = fn(probe, probe, **kw).keys()
         return {k: np.zeros(n, dtype=np.float64) for k in keys}
     return fn(labels, labels, **kw)
+
+
+def label_outline(labels: np.ndarray) -> np.ndarray:
+    """Outline pixels of a label image (CellProfiler's ``outline``): a labelled pixel with an
+    8-neighbour of another value, and every labelled pixel on the image edge; returns a mask."""
+    lab = np.asarray(labels)
+    diff = np.zeros(lab.shape, bool)
+    for a, b in (((slice(1, None), slice(None)), (slice(None, -1), slice(None))),
+                 ((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
+                 ((slice(1, None), slice(1, None)), (slice(None, -1), slice(None, -1))),
+                 ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None)))):
+        d = lab[a] != lab[b]
+        diff[a] |= d
+        diff[b] |= d
+    diff[0, :] = diff[-1, :] = True
+    diff[:, 0] = diff[:, -1] = True
+    return diff & (lab != 0)
+
+
+def cytoplasm_labels(nuclei: np.ndarray, cells: np.ndarray, shrink: bool = True) -> np.ndarray:
+    """Cytoplasm = cells − nuclei, as CellProfiler's IdentifyTertiaryObjects.
+
+    ``shrink`` ("Shrink smaller object prior to subtraction", JUMP: yes): the nuclei lose their
+    1-pixel outline first, so the outline stays in the cytoplasm. A cell left with no pixel keeps
+    its first (row-major) pixel, as CellProfiler does, so every cell has a cytoplasm object.
+    """
+    nuclei = np.asarray(nuclei)
+    cells = np.asarray(cells)
+    keep = (nuclei == 0) | label_outline(nuclei) if shrink else nuclei == 0
+    cyto = np.where(keep, cells, 0)
+    ids, first = np.unique(cells.ravel(), return_index=True)
+    have = np.zeros(int(ids.max(initial=0)) + 1, bool)
+    have[np.unique(cyto)] = True
+    for lab, pos in zip(ids, first, strict=True):
+        if lab and not have[lab]:
+            cyto.flat[pos] = lab
+    return cyto
 
 
 def measure_site(img: np.ndarray, nuclei: np.ndarray, cells: np.ndarray, channels: Sequence[str],
@@ -309,23 +448,43 @@ def measure_site(img: np.ndarray, nuclei: np.ndarray, cells: np.ndarray, channel
     unknown = set(params.groups) - set(GROUPS)
     if unknown:
         raise MorphobenchError(f"unknown feature group(s) {sorted(unknown)}; allowed {GROUPS}")
+    nsets = neighbor_sets(params) if "Neighbors" in params.groups else []
     sel = np.zeros(n + 1, bool)
     sel[wanted[wanted <= n]] = True
     pixels = np.asarray(img, np.float64) / float(params.intensity_scale)
-    masks = {"Nuclei": nuclei, "Cells": cells, "Cytoplasm": np.where(nuclei > 0, 0, cells)}
+    masks = {"Nuclei": nuclei, "Cells": cells,
+             "Cytoplasm": cytoplasm_labels(nuclei, cells, params.shrink_nuclei)}
     cols: dict[str, np.ndarray] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         warnings.simplefilter("ignore", UserWarning)
+        labs = {comp: np.where(sel[masks[comp]], masks[comp], 0) for comp in params.compartments}
+        gran = {}
+        if "Granularity" in params.groups:  # one spectrum per channel serves every compartment
+            from morphobench.images.granularity import granularity
+
+            ops: dict = {}
+            comps = {c: (lab, int(lab.max())) for c, lab in labs.items()}
+            with _clock("Granularity"):
+                for ci, ch in enumerate(channels):
+                    gran[ch] = granularity(pixels[ci], comps, subsample=params.granularity_subsample,
+                                           image_sample=params.granularity_image_sample,
+                                           element_size=params.granularity_element_size,
+                                           spectrum=params.granularity_spectrum, operators=ops)
         for comp in params.compartments:
-            lab = np.where(sel[masks[comp]], masks[comp], 0)
+            lab = labs[comp]
             ids, res = _measure_compartment(lab, pixels, channels, params)
-            if "Neighbors" in params.groups and comp in ("Nuclei", "Cells") and masks[comp].max() > 0:
+            for ch, by_comp in gran.items():
+                if ids.size:
+                    res.update({f"{k}__{ch}": v[ids - 1] for k, v in by_comp[comp].items()})
+            if "Neighbors" in params.groups and masks[comp].max() > 0:
                 full_ids = np.unique(masks[comp][masks[comp] > 0])
                 if full_ids.size == masks[comp].max():  # neighbours need contiguous labels
-                    nb = _neighbors(masks[comp], params)
-                    pos = np.searchsorted(full_ids, ids)
-                    res.update({k: np.asarray(v, np.float64)[pos] for k, v in nb.items()})
+                    for _, method, dist in (t for t in nsets if t[0] == comp):
+                        with _clock("Neighbors"):
+                            nb = _neighbors(masks[comp], method, dist)
+                        pos = np.searchsorted(full_ids, ids)
+                        res.update({k: np.asarray(v, np.float64)[pos] for k, v in nb.items()})
             for k, v in res.items():
                 name = cellprofiler_name(k, comp, channels)
                 if name is None:
@@ -357,36 +516,54 @@ def _select_objects(sites: pd.DataFrame, params: FeatureParams) -> dict[int, np.
     return out
 
 
+def _measure_task(task: tuple) -> pd.DataFrame | None:
+    """One site of :func:`run_features` (a top-level function: runs in worker processes too)."""
+    row, i, labels, channels, params, illum, root, pick = task
+    larr, _ = open_labels(labels)
+    nuc, cel = np.asarray(larr[i])
+    img = read_site(row, channels, illum=illum, root=root)
+    if img.shape[1:] != nuc.shape:
+        raise MorphobenchError(f"site {site_label(row)}: image {img.shape[1:]} vs labels {nuc.shape}")
+    df = measure_site(img, nuc, cel, channels, params, object_numbers=pick)
+    meta = site_meta(row)
+    front = pd.DataFrame({**{k: [v] * len(df) for k, v in meta.items()},
+                          "ImageNumber": np.full(len(df), i + 1, np.int64)})
+    return pd.concat([front, df], axis=1)
+
+
 def run_features(rows: pd.DataFrame, labels: str | os.PathLike, objects_out: str | os.PathLike,
                  wells_out: str | os.PathLike | None = None, params: FeatureParams = FeatureParams(), *,
                  illum: IllumFunctions | None = None, plate_map: pd.DataFrame | None = None,
-                 root=None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """Measure every site of one plate; write object-level (and well-level) parquet."""
+                 root=None, workers: int = 1) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Measure every site of one plate; write object-level (and well-level) parquet.
+
+    ``workers`` > 1 measures sites in that many processes (the rule's ``threads``); the output
+    is the same (sites keep their order)."""
     channels = list(params.channels) or sheet_channels(rows)
-    larr, lsites = open_labels(labels)
+    _, lsites = open_labels(labels)
     lkey = lsites[list(SITE_KEYS)].astype(str).agg("/".join, axis=1).tolist()
     lpos = {k: i for i, k in enumerate(lkey)}
     choose = _select_objects(lsites, params)
-    parts = []
-    for _, row in progress(rows.iterrows(), total=len(rows), desc="features"):
+    tasks = []
+    for _, row in rows.iterrows():
         key = "/".join(str(row[k]) for k in SITE_KEYS)
         if key not in lpos:
             raise MorphobenchError(f"label store {labels} has no site {site_label(row)}")
         i = lpos[key]
         if int(lsites["Count_Nuclei"].iloc[i]) == 0:
             continue
-        nuc, cel = np.asarray(larr[i])
-        img = read_site(row, channels, illum=illum, root=root)
-        if img.shape[1:] != nuc.shape:
-            raise MorphobenchError(f"site {site_label(row)}: image {img.shape[1:]} vs labels {nuc.shape}")
         pick = choose.get(i + 1)
         if pick is not None and len(pick) == 0:
             continue
-        df = measure_site(img, nuc, cel, channels, params, object_numbers=pick)
-        meta = site_meta(row)
-        front = pd.DataFrame({**{k: [v] * len(df) for k, v in meta.items()},
-                              "ImageNumber": np.full(len(df), i + 1, np.int64)})
-        parts.append(pd.concat([front, df], axis=1))
+        tasks.append((row, i, str(labels), channels, params, illum, root, pick))
+    if workers > 1 and len(tasks) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=mp.get_context("fork")) as ex:
+            parts = list(progress(ex.map(_measure_task, tasks), total=len(tasks), desc="features"))
+    else:
+        parts = [_measure_task(t) for t in progress(tasks, total=len(tasks), desc="features")]
     if parts:
         objects = pd.concat(parts, ignore_index=True)
     else:
@@ -425,25 +602,6 @@ def object_wells(objects: pd.DataFrame, how: str = "median",
         meta = [c for c in prof.columns if c.startswith("Metadata_")]
         prof = prof[meta + [c for c in prof.columns if c not in meta]]
     return prof
-
-
-def gather_profiles(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *,
-                    drop_nan_features: bool = True) -> pd.DataFrame:
-    """Concatenate per-plate well profiles into one dataset table; features with any NaN/inf
-    (e.g. undefined correlations) are dropped so the table passes ``validate_profiles``."""
-    parts = [read_table(p, what="well profiles") for p in paths]
-    if not parts:
-        raise MorphobenchError("gather_profiles: no per-plate profiles given")
-    df = pd.concat(parts, ignore_index=True)
-    if drop_nan_features:
-        feats = [c for c in df.columns if not c.startswith("Metadata_")]
-        x = df[feats].to_numpy(np.float64)
-        bad = [c for c, ok in zip(feats, np.isfinite(x).all(0), strict=True) if not ok]
-        if bad:
-            log.info("gather_profiles: dropping %d feature(s) with NaN/inf, e.g. %s", len(bad), bad[:5])
-            df = df.drop(columns=bad)
-    write_parquet(df, out)
-    return df
 
 
 def params_dict(params: FeatureParams) -> dict:

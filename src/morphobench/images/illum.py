@@ -18,12 +18,26 @@ Per plate × channel:
    every value is ≥ 1.
 
 Images are corrected by division (:func:`morphobench.images.io.read_site` does it on the fly).
+
+``method="cellprofiler"`` (the ``jump`` preset) follows the JUMP illumination pipeline instead
+(shared/JUMP_PIPELINE.md §1; CellProfiler's Resize and CorrectIlluminationCalculate):
+
+1. each image on CellProfiler's [0, 1] scale (counts / ``intensity_scale``) is shrunk by
+   ``resize_factor`` (0.2; ``skimage.transform.resize``, bilinear, symmetric edges, the default
+   anti-aliasing Gaussian) — resizing is linear, so the plate mean is shrunk once;
+2. the shrunk plate mean ("All: across cycles", "Regular" intensities) is median-filtered as
+   CellProfiler does: × 65535 → uint16 (truncating), a rank median over a disk of radius
+   ``max(1, int(filter_size / 2.35 + 0.5))`` (9 px for JUMP's size 20), ÷ 65535;
+3. rescaled by the robust minimum: the value at index ``int(0.02 · n)`` of the sorted positive
+   pixels; smaller values are raised to it, then everything is divided by it (function ≥ 1);
+4. enlarged back to the image's shape (bilinear, as JUMP's Resize × 5).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,6 +67,29 @@ class IllumParams:
     robust_min_percentile: float = 2.0
     #: channels to compute (empty: every channel of the sheet)
     channels: tuple[str, ...] = ()
+    #: "deepprofiler" (steps 1-5 above) or "cellprofiler" (the JUMP pipeline, see the module doc)
+    method: str = "deepprofiler"
+    #: cellprofiler: Resize factor before the calculation (JUMP: 0.2)
+    resize_factor: float = 0.2
+    #: cellprofiler: CorrectIlluminationCalculate "smoothing filter size" (JUMP: 20)
+    filter_size: int = 20
+    #: cellprofiler: file counts per CellProfiler intensity unit (65535 for 16-bit images)
+    intensity_scale: float = 65535.0
+
+
+#: named parameter sets (``images.illum: {preset: NAME}``); ``jump`` = the JUMP pipeline
+PRESETS: dict[str, dict] = {
+    "default": {},
+    "jump": {"method": "cellprofiler", "resize_factor": 0.2, "filter_size": 20, "robust_min_percentile": 2.0},
+}
+
+
+def illum_params(params=None) -> IllumParams:
+    """:class:`IllumParams` from a dict / JSON string whose optional ``preset`` key names a
+    :data:`PRESETS` entry (applied first, other keys override it)."""
+    from morphobench.images.io import params_from
+
+    return params_from(IllumParams, params, presets=PRESETS)
 
 
 def effective_median_size(width: int, params: IllumParams) -> int:
@@ -87,8 +124,46 @@ def _upsample(small: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return resize(small, shape, order=1, mode="edge", anti_aliasing=False, preserve_range=True)
 
 
+def cp_median_radius(filter_size: float) -> int:
+    """Disk radius of CellProfiler's illumination median filter of "smoothing filter size" s."""
+    return max(1, int(filter_size / 2.35 + 0.5))
+
+
+def cp_illum_function(mean_image: np.ndarray, params: IllumParams) -> np.ndarray:
+    """The JUMP pipeline's illumination function (float32, ≥ 1) of a plate-average image in
+    file counts (see the module doc, ``method="cellprofiler"``)."""
+    from centrosome.cpmorphology import strel_disk
+    from skimage.filters import median
+    from skimage.transform import resize
+
+    x = np.asarray(mean_image, np.float64) / float(params.intensity_scale)
+    shape = x.shape
+    small_shape = tuple(int(v) for v in np.round(np.array(shape, float) * params.resize_factor))
+    if min(small_shape) < 1:
+        raise MorphobenchError(f"illumination resize_factor {params.resize_factor} shrinks a {shape} "
+                               "image to nothing")
+    small = resize(x, small_shape, order=1, mode="symmetric") if small_shape != shape else x
+    u16 = (small * 65535).astype(np.uint16)
+    with warnings.catch_warnings():  # "bad rank filter performance" on 16-bit data: expected
+        warnings.simplefilter("ignore", UserWarning)
+        smooth = median(u16, strel_disk(cp_median_radius(params.filter_size)).astype(bool),
+                        behavior="rank") / 65535.0
+    pos = np.sort(smooth[smooth > 0])
+    if pos.size == 0:
+        return np.ones(shape, np.float32)
+    robust_min = pos[int(pos.size * params.robust_min_percentile / 100.0)]
+    f = np.maximum(smooth, robust_min) / robust_min
+    if f.shape != shape:
+        f = resize(f, shape, order=1, mode="symmetric")
+    return np.maximum(f, 1.0).astype(np.float32)
+
+
 def illum_function(mean_image: np.ndarray, params: IllumParams = IllumParams()) -> np.ndarray:
     """Illumination function (float32, ≥ 1) from a plate-average image of one channel."""
+    if params.method == "cellprofiler":
+        return cp_illum_function(mean_image, params)
+    if params.method != "deepprofiler":
+        raise MorphobenchError(f"illumination method {params.method!r}: use 'deepprofiler' or 'cellprofiler'")
     mean_image = np.asarray(mean_image, dtype=np.float64)
     small = _downsample(mean_image, params.downsample)
     size = effective_median_size(mean_image.shape[1], params)
@@ -150,7 +225,8 @@ def compute_plate_illum(rows: pd.DataFrame, params: IllumParams = IllumParams(),
         else:
             funcs[ch] = illum_function(mean[i], params)
     meta = {"params": asdict(params), "n_images": {ch: int(k) for ch, k in zip(channels, n, strict=True)},
-            "median_size_used": effective_median_size(mean.shape[2], params), "qc": qc}
+            "median_size_used": (effective_median_size(mean.shape[2], params) if params.method != "cellprofiler"
+                                 else 2 * cp_median_radius(params.filter_size) + 1), "qc": qc}
     return IllumFunctions(funcs, plate=plate, meta=meta)
 
 

@@ -26,6 +26,7 @@ from morphobench.data.tables import (
     sheet_channels,
     validate_image_sheet,
 )
+from morphobench.images.cp_worker import TiffCodecError, read_tiff
 from morphobench.io import MorphobenchError, atomic_path, load_json_arg, read_table
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -92,19 +93,21 @@ def site_paths(row: Mapping[str, Any] | pd.Series, channels: Sequence[str],
 # Single images
 # --------------------------------------------------------------------------------------------
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read one 2-D image; errors name the file (missing, truncated, not 2-D)."""
+    """Read one 2-D image; errors name the file (missing, truncated, not 2-D, or a TIFF
+    compression without a decoder, named: LZW, Deflate, ZSTD … need ``imagecodecs``)."""
     path = Path(path)
     if not path.exists():
         raise MorphobenchError(f"image file not found: {path}")
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
-            import tifffile
 
-            img = tifffile.imread(path)
+            img = read_tiff(str(path))
         else:
             import imageio.v3 as iio
 
             img = iio.imread(path)
+    except TiffCodecError as err:  # a compression without a decoder here: name it
+        raise MorphobenchError(f"cannot read image {path}: {err}") from err
     except Exception as err:
         raise MorphobenchError(f"cannot read image {path}: {type(err).__name__}: {err} "
                                "(truncated or corrupt file?)") from err
@@ -244,15 +247,22 @@ def load_illum(path: str | os.PathLike | None) -> IllumFunctions | None:
 # --------------------------------------------------------------------------------------------
 # Parameters
 # --------------------------------------------------------------------------------------------
-def params_from(cls, params: Mapping[str, Any] | str | None = None, **overrides):
+def params_from(cls, params: Mapping[str, Any] | str | None = None, *,
+                presets: Mapping[str, Mapping[str, Any]] | None = None, **overrides):
     """Build a params dataclass from defaults + a dict / JSON string / ``@file.json``.
 
-    Unknown keys raise :class:`MorphobenchError` listing the allowed ones.
+    With ``presets``, a ``preset`` key names the entry applied first (other keys override it).
+    Unknown keys or presets raise :class:`MorphobenchError` listing the allowed ones.
     """
     if isinstance(params, str):
         params = load_json_arg(params, "--params")
     merged = dict(params or {})
     merged.update(overrides)
+    if presets is not None and "preset" in merged:
+        name = merged.pop("preset")
+        if name not in presets:
+            raise MorphobenchError(f"{cls.__name__}: unknown preset {name!r}; choose {sorted(presets)}")
+        merged = {**presets[name], **merged}
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(merged) - names)
     if unknown:

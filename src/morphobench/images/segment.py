@@ -121,6 +121,87 @@ class SegmentParams:
     compactness: float = 0.0
     #: cells extend at most this far from their nucleus (px); None: unlimited
     cell_max_distance: float | None = None
+    #: "morphobench" (the steps above) or "cellprofiler": CellProfiler's Identify modules
+    #: re-implemented (:mod:`morphobench.images.identify`; the ``jump`` preset). With
+    #: "cellprofiler": thresholds on CellProfiler's [0, 1] scale (counts / intensity_scale),
+    #: ``smooth_sigma`` = threshold smoothing scale / 1.3488, ``declump`` shape only,
+    #: ``dividing_lines`` the watershed image, ``cell_method`` "intensity" (Watershed - Image) only,
+    #: and ``exclude_border`` = FilterObjects after the cells (cells follow their nucleus)
+    method: str = "morphobench"
+    #: nuclei threshold bounds ("cellprofiler"; CellProfiler's lower/upper threshold bounds)
+    threshold_bounds: tuple[float, float] = (0.0, 1.0)
+    #: CorrectIlluminationCalculate "Background" block size on the nuclei image before
+    #: thresholding, subtracted (0: none; JUMP: 30) and its Gaussian filter size (JUMP: 50)
+    nuclei_background_block: int = 0
+    nuclei_background_filter: float = 50.0
+    #: cell threshold: 2 (Otsu) or 3 (three-class Otsu, middle class foreground) classes,
+    #: on log intensities, bounded ("cellprofiler"; JUMP: 3, true, 0.005-0.06)
+    cell_threshold_classes: int = 2
+    cell_threshold_log: bool = False
+    cell_threshold_bounds: tuple[float, float] = (0.0, 1.0)
+    #: file counts per CellProfiler intensity unit ("cellprofiler"; 65535 for 16-bit images)
+    intensity_scale: float = 65535.0
+
+
+#: named parameter sets (``images.segment: {preset: NAME}``): ``jump`` = the JUMP production
+#: pipelines' IdentifyPrimaryObjects / IdentifySecondaryObjects / FilterObjects settings
+#: (shared/JUMP_PIPELINE.md §2-4)
+PRESETS: dict[str, dict] = {
+    "default": {},
+    "jump": {"method": "cellprofiler", "nuclei_channel": "DNA", "nuclei_background_block": 30,
+             "nuclei_background_filter": 50.0, "threshold_method": "li", "smooth_sigma": 1 / 1.3488,
+             "threshold_correction": 1.0, "threshold_bounds": (0.005, 1.0), "min_diameter": 15.0,
+             "max_diameter": 90.0, "declump": "shape", "dividing_lines": "intensity",
+             "maxima_suppression": 8.0, "exclude_border": True, "cell_channel": "RNA",
+             "cell_foreground_channels": ("RNA",), "cell_method": "intensity",
+             "cell_threshold_method": "otsu", "cell_threshold_classes": 3, "cell_threshold_log": True,
+             "cell_threshold_correction": 0.7, "cell_threshold_bounds": (0.005, 0.06),
+             "cell_smooth_sigma": 0.0, "cell_watershed_sigma": 0.0},
+}
+
+
+def segment_params(params=None) -> SegmentParams:
+    """:class:`SegmentParams` from a dict / JSON string whose optional ``preset`` key names a
+    :data:`PRESETS` entry (applied first; other keys override it)."""
+    from morphobench.images.io import params_from
+
+    return params_from(SegmentParams, params, presets=PRESETS)
+
+
+def segment_site_cellprofiler(img: np.ndarray, channels: Sequence[str], params: SegmentParams
+                              ) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Nuclei and cells of one site by CellProfiler's Identify modules (``method="cellprofiler"``);
+    returns ``(nuclei, cells, nuclei threshold, cell threshold)`` (thresholds in file counts)."""
+    from morphobench.images import identify as cp
+
+    if params.declump not in ("shape", "none"):
+        raise MorphobenchError(f"segment method cellprofiler: declump {params.declump!r} is not implemented "
+                               "(use 'shape', the JUMP setting, or 'none')")
+    if params.cell_method != "intensity":
+        raise MorphobenchError(f"segment method cellprofiler: cell_method {params.cell_method!r} is not "
+                               "implemented (use 'intensity' = Watershed - Image, the JUMP setting)")
+    scale = float(params.intensity_scale)
+    dna = np.asarray(img[channels.index(params.nuclei_channel)], np.float64) / scale
+    if params.nuclei_background_block:
+        dna = cp.subtract_background(dna, int(params.nuclei_background_block), params.nuclei_background_filter)
+    lines = params.dividing_lines or params.declump
+    nuclei, unedited, tn = cp.identify_primary(
+        dna, threshold_method=params.threshold_method, smoothing_scale=params.smooth_sigma * 2 * 0.6744,
+        correction=params.threshold_correction, bounds=tuple(params.threshold_bounds),
+        min_size=params.min_diameter, max_size=params.max_diameter, unclump=params.declump,
+        lines=lines, suppression=(params.maxima_suppression if params.maxima_suppression is not None
+                                  else params.min_diameter / 1.5))
+    if nuclei.max() == 0:
+        return nuclei.astype(np.uint32), np.zeros(nuclei.shape, np.uint32), tn * scale, float("nan")
+    rna = np.asarray(img[channels.index(params.cell_channel)], np.float64) / scale
+    cells, tc = cp.identify_secondary(
+        rna, nuclei, unedited, threshold_method=params.cell_threshold_method,
+        classes=params.cell_threshold_classes, log=params.cell_threshold_log,
+        correction=params.cell_threshold_correction, bounds=tuple(params.cell_threshold_bounds),
+        smoothing_scale=params.cell_smooth_sigma * 2 * 0.6744)
+    if params.exclude_border:
+        nuclei, cells = cp.filter_border(nuclei, cells)
+    return nuclei.astype(np.uint32), cells.astype(np.uint32), tn * scale, tc * scale
 
 
 _THRESHOLDS = {"otsu": filters.threshold_otsu, "li": filters.threshold_li,
@@ -288,11 +369,16 @@ def segment_site(img: np.ndarray, channels: Sequence[str], params: SegmentParams
               "Threshold_Cells": float("nan"), "QC_Blank": bool(blank), "QC_BlankChannels": ",".join(blank),
               "Contrast_Nuclei": contrast, "QC_LowContrast": low}
         return empty, empty.copy(), qc
-    nuclei, tn = segment_nuclei(dna, params)
-    fgc = [c for c in cell_foreground_channels(channels, params) if c in channels and c not in blank]
-    fgc = fgc or [params.cell_channel]
-    cells, tc = segment_cells(img[channels.index(params.cell_channel)], nuclei, params,
-                              foreground=[img[channels.index(c)] for c in fgc])
+    if params.method == "cellprofiler":
+        nuclei, cells, tn, tc = segment_site_cellprofiler(img, channels, params)
+    elif params.method == "morphobench":
+        nuclei, tn = segment_nuclei(dna, params)
+        fgc = [c for c in cell_foreground_channels(channels, params) if c in channels and c not in blank]
+        fgc = fgc or [params.cell_channel]
+        cells, tc = segment_cells(img[channels.index(params.cell_channel)], nuclei, params,
+                                  foreground=[img[channels.index(c)] for c in fgc])
+    else:
+        raise MorphobenchError(f"unknown segment method {params.method!r}; use 'morphobench' or 'cellprofiler'")
     qc = {"Count_Nuclei": int(nuclei.max()), "Count_Cells": int(len(np.unique(cells)) - 1),
           "Threshold_Nuclei": tn, "Threshold_Cells": tc,
           "QC_Blank": bool(blank), "QC_BlankChannels": ",".join(blank),
