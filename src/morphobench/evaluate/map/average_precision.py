@@ -81,6 +81,22 @@ def _ap_sort(nq, pos_qi, pk, neg_qi, nk, n_pos, n_neg) -> np.ndarray:
     return np.bincount(qp, weights=tp / k, minlength=nq) / n_pos
 
 
+def _ap_rowsort(nq, pos_qi, pk, table, n_pos) -> np.ndarray:
+    """AP from each query's row of negative keys sorted (padding sorts last, never counted) and
+    its positives located in it by binary search: c = #{negative keys < positive key}."""
+    tab = np.sort(table, axis=1)
+    comp = np.sort((pos_qi.astype(np.uint64) << np.uint64(32)) | pk.astype(np.uint64))
+    qp = (comp >> np.uint64(32)).astype(np.int64)
+    kp = (comp & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    starts = np.cumsum(n_pos) - n_pos
+    c = np.empty(len(kp), dtype=np.int64)
+    for i in np.flatnonzero(n_pos):
+        a, b = starts[i], starts[i] + n_pos[i]
+        c[a:b] = np.searchsorted(tab[i], kp[a:b], side="left")
+    r = np.arange(len(kp)) - starts[qp] + 1
+    return np.bincount(qp, weights=r / (r + c), minlength=nq) / n_pos
+
+
 def _block_ap(nq: int, pos_qi: np.ndarray, pos_s: np.ndarray, neg_qi: np.ndarray | None = None,
               neg_s: np.ndarray | None = None, *, neg_table: np.ndarray | None = None,
               n_neg: np.ndarray | None = None, method: str = "auto") -> np.ndarray:
@@ -119,8 +135,7 @@ def _block_ap(nq: int, pos_qi: np.ndarray, pos_s: np.ndarray, neg_qi: np.ndarray
                 if flag:
                     res = _ap_compare(nsel, pqi, ppk, tab, n_pos[sel])
                 else:
-                    keep = tab != PAD_KEY
-                    res = _ap_sort(nsel, pqi, ppk, np.nonzero(keep)[0], tab[keep], n_pos[sel], n_neg[sel])
+                    res = _ap_rowsort(nsel, pqi, ppk, tab, n_pos[sel])
             else:
                 nm = sel[neg_qi]
                 nqi, nnk = (neg_qi, nk) if every else (remap[neg_qi[nm]], nk[nm])
@@ -160,6 +175,178 @@ def normalize_ap(ap: np.ndarray, n_pos: np.ndarray, n_total: np.ndarray, eps: fl
     mu0 = expected_ap(n_pos, n_total)
     with np.errstate(invalid="ignore"):
         return np.clip((ap - mu0) / np.maximum(1 - mu0, eps), -1.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# the dense design: symmetric tiles
+# ----------------------------------------------------------------------------------------------
+_SYM_MAX_POS = 32      # queries with more positives than this take the general (sorting) path
+
+
+def _ordinal(x: np.ndarray) -> np.ndarray:
+    """float64 → int64, order preserving (±0 → 0)."""
+    i = np.ascontiguousarray(x, dtype=np.float64).view(np.int64)
+    return np.where(i < 0, -(i & np.int64(0x7FFFFFFFFFFFFFFF)), i)
+
+
+def _from_ordinal(o: np.ndarray) -> np.ndarray:
+    return np.where(o < 0, (-o) | np.int64(-0x8000000000000000), o).astype(np.int64).view(np.float64)
+
+
+def _key32(s: np.ndarray) -> np.ndarray:
+    """copairs' rank key ``float32(1 − float32(s))`` (float32 values; see :func:`rank_keys`)."""
+    k = np.asarray(s, dtype=np.float64).astype(np.float32)
+    return np.subtract(np.float32(1), k, out=k)
+
+
+def key_thresholds(s: np.ndarray) -> np.ndarray:
+    """For positive similarities ``s``: θ, the largest float64 whose rank key is ≥ key(s). As
+    the key is non-increasing in the similarity, a negative of similarity t ranks above the
+    positive (``key(t) < key(s)``, ties ranking positives first) exactly when ``t > θ`` — so
+    negatives are counted against float64 thresholds without computing their keys."""
+    s = np.asarray(s, dtype=np.float64)
+    kp = _key32(s)
+    lo = _ordinal(s)                                   # key(s) ≥ kp
+    hi = np.full_like(lo, _ordinal(np.array([2.0]))[0])   # key(2) = −1 < kp (kp ≥ 0)
+    while True:
+        gap = hi - lo
+        open_ = gap > 1
+        if not open_.any():
+            return _from_ordinal(lo)
+        mid = lo + gap // 2
+        ok = _key32(_from_ordinal(mid)) >= kp
+        lo = np.where(open_ & ok, mid, lo)
+        hi = np.where(open_ & ~ok, mid, hi)
+
+
+def _symmetric_groups(neg_def: PairDefinition, n_pos: np.ndarray, opts: MapOptions) -> list:
+    """Negative-pair groups counted from symmetric tiles: ``(members, na)`` with the ``na``
+    symmetric queries (1 ≤ n_pos ≤ _SYM_MAX_POS) first, ordered by (n_pos, sub-group), then the
+    other members by sub-group. Only groups of ≥ ``opts.symmetric_min`` profiles, at least half
+    of them such queries (numpy backend)."""
+    if opts.symmetric_min <= 0 or opts.backend != "numpy":
+        return []
+    out = []
+    for g in np.flatnonzero(neg_def.gcount >= opts.symmetric_min):
+        start, size = int(neg_def.gstart[g]), int(neg_def.gcount[g])
+        members = neg_def.order[start:start + size]
+        k = n_pos[members]
+        symq = (k > 0) & (k <= _SYM_MAX_POS)
+        if 2 * int(symq.sum()) < size:
+            continue
+        sub = neg_def.sub[members] if neg_def.has_diff else np.zeros(size, dtype=np.int64)
+        a, b = members[symq], members[~symq]
+        a = a[np.lexsort((sub[symq], k[symq]))]
+        b = b[np.argsort(sub[~symq], kind="stable")]
+        out.append((np.concatenate([a, b]), len(a)))
+    return out
+
+
+class _SubRuns:
+    """Runs of equal sub-group ids along the members' order (same-sub members are contiguous
+    runs: members are ordered by sub-group within each n_pos class)."""
+
+    def __init__(self, sub: np.ndarray):
+        cut = np.flatnonzero(np.diff(sub)) + 1
+        self.start = np.concatenate([[0], cut]).astype(np.int64)
+        self.end = np.concatenate([cut, [len(sub)]]).astype(np.int64)
+        self.val = sub[self.start]
+
+    def within(self, a: int, b: int) -> np.ndarray:
+        """Indices of the runs overlapping [a, b)."""
+        return np.arange(np.searchsorted(self.end, a, side="right"), np.searchsorted(self.start, b, side="left"))
+
+
+def _tile_mask(s: np.ndarray, r0: int, r1: int, c0: int, c1: int, runs: _SubRuns | None, rest: list) -> None:
+    """Set the non-pairs of a tile to −inf (never counted): same sub-group (the first ``diffby``
+    column; self included) as rectangles of runs, equal values of the other ``diffby`` columns,
+    or — without ``diffby`` — self pairs."""
+    if runs is not None:
+        ri, ci = runs.within(r0, r1), runs.within(c0, c1)
+        common = np.intersect1d(runs.val[ri], runs.val[ci])
+        if len(common):
+            ri = ri[np.isin(runs.val[ri], common)]
+            ci = ci[np.isin(runs.val[ci], common)]
+            cols: dict[int, list[tuple[int, int]]] = {}
+            for c in ci.tolist():
+                cols.setdefault(int(runs.val[c]), []).append(
+                    (max(int(runs.start[c]), c0) - c0, min(int(runs.end[c]), c1) - c0))
+            for r in ri.tolist():
+                a, b = max(int(runs.start[r]), r0) - r0, min(int(runs.end[r]), r1) - r0
+                for ca, cb in cols[int(runs.val[r])]:
+                    s[a:b, ca:cb] = -np.inf
+    elif r0 == c0:
+        np.fill_diagonal(s, -np.inf)
+    for code in rest:
+        s[code[r0:r1][:, None] == code[c0:c1][None, :]] = -np.inf
+
+
+def _symmetric_group_ap(xg: np.ndarray, members: np.ndarray, na: int, pos_def: PairDefinition,
+                        neg_def: PairDefinition, sim: Similarity, opts: MapOptions) -> np.ndarray:
+    """AP of the ``na`` symmetric queries of one negative-pair group (``members`` in tile order,
+    ``xg`` their unit vectors).
+
+    Each positive's similarity becomes a float64 threshold (:func:`key_thresholds`); the group's
+    similarity matrix is computed once per unordered tile pair (I ≤ J) — never stored whole —
+    and each tile counts, for its rows and (off the diagonal) its columns, the negatives above
+    every threshold. AP = mean over positives (rank r among them) of r / (r + c)."""
+    m = len(members)
+    q = members[:na]
+    kq = pos_def.count[q]
+    kmax = int(kq.max())
+    # positives' similarities → thresholds, sorted by key (best first) per query
+    thr = np.full((na, kmax), np.inf)
+    step = max(1, opts.max_entries // max(1, kmax))
+    for s0 in range(0, na, step):
+        qq = q[s0:s0 + step]
+        pqi, pp = pos_def.entries(qq)
+        ps = sim.entries(qq[pqi], pp, pos_def.gid[qq[pqi]], pos_def)
+        order = np.lexsort((rank_keys(ps), pqi))        # by query, then key (best first)
+        qi = pqi[order]
+        per_q = np.bincount(qi, minlength=len(qq))
+        slot = np.arange(len(qi)) - (np.cumsum(per_q) - per_q)[qi]
+        thr[s0 + qi, slot] = key_thresholds(ps[order])
+    runs = _SubRuns(neg_def.sub[members]) if neg_def.has_diff else None
+    rest = [code[members] for code in neg_def.rest]
+    t = max(1, opts.tile)
+    rcuts = list(range(0, na, t)) + [na]
+    ccuts = rcuts[:-1] + list(range(na, m, t)) + [m]
+    rows_t = list(pairwise(rcuts))
+    cols_t = list(pairwise(ccuts))
+    jobs = [(r0, r1, c0, c1) for r0, r1 in rows_t for c0, c1 in cols_t if c0 >= r0]
+    nt = max(1, min(_n_threads(opts.threads), len(jobs)))
+    parts = [jobs[i::nt] for i in range(nt)]
+    counts = [None] * nt
+
+    def run(i):
+        cnt = np.zeros((na, kmax), dtype=np.int64)
+        buf = np.empty((t, t))
+        hit = np.empty((t, t), dtype=bool)
+        for r0, r1, c0, c1 in parts[i]:
+            s = np.matmul(xg[r0:r1], xg[c0:c1].T, out=buf[:r1 - r0, :c1 - c0])
+            _tile_mask(s, r0, r1, c0, c1, runs, rest)
+            h = hit[:r1 - r0, :c1 - c0]
+            for j in range(int(kq[r0:r1].max())):
+                np.greater(s, thr[r0:r1, j, None], out=h)
+                cnt[r0:r1, j] += h.view(np.uint8).sum(axis=1, dtype=np.uint32)
+            if c0 > r0 and c1 <= na:                 # off-diagonal: count for the columns too
+                for j in range(int(kq[c0:c1].max())):
+                    np.greater(s, thr[c0:c1, j][None, :], out=h)
+                    cnt[c0:c1, j] += h.view(np.uint8).sum(axis=0, dtype=np.uint32)
+        counts[i] = cnt
+
+    if nt > 1:              # one BLAS thread per worker (the limit is process-wide: set it once)
+        with _single_thread_blas():
+            _run_jobs(run, list(range(nt)), opts.threads)
+    else:
+        run(0)
+    cnt = counts[0]
+    for c in counts[1:]:
+        cnt += c
+    qi = np.repeat(np.arange(na), kq)
+    slot = np.arange(len(qi)) - np.repeat(np.cumsum(kq) - kq, kq)
+    r = slot + 1
+    return np.bincount(qi, weights=r / (r + cnt[qi, slot]), minlength=na) / kq
 
 
 # ----------------------------------------------------------------------------------------------
@@ -220,13 +407,31 @@ def average_precision(
 
     n_pos, n_neg = pos_def.count, neg_def.count
     ap = np.full(n, np.nan)
-    # queries with positives, ordered by their negative-pair group so that a block's negatives
-    # fall in few groups (one GEMM each); blocks bounded by their exact number of pairs
-    queries = neg_def.query_order(np.flatnonzero(n_pos > 0))
+    # big negative-pair groups made mostly of queries (the dense, sibling-style design): counted
+    # from symmetric tiles; their members come first in the unit-vector store, in tile order
+    sym = _symmetric_groups(neg_def, n_pos, opts)
+    in_sym = np.zeros(n, dtype=bool)
+    for members, na in sym:
+        in_sym[members[:na]] = True
+    # other queries with positives, ordered by their negative-pair group so that a block's
+    # negatives fall in few groups (one GEMM each); blocks bounded by their exact number of pairs
+    queries = neg_def.query_order(np.flatnonzero((n_pos > 0) & ~in_sym))
     # unit vectors stored in query order (a dense block's query rows are then a slice, no gather)
-    perm = np.concatenate([queries, np.flatnonzero(n_pos == 0)])
+    placed = np.zeros(n, dtype=bool)
+    head = []
+    for members, _ in sym:
+        head.append(members)
+        placed[members] = True
+    rest = queries[~placed[queries]]
+    placed[rest] = True
+    perm = np.concatenate(head + [rest, np.flatnonzero(~placed)]).astype(np.int64)
     xn = unit_rows(feats, source, rows=perm, threads=opts.threads)
     sim = Similarity(xn, rows=perm, opts=opts)
+    offset = 0
+    for members, na in _progress(sym, "mAP: symmetric groups", show_progress):
+        q = members[:na]
+        ap[q] = _symmetric_group_ap(xn[offset:offset + len(members)], members, na, pos_def, neg_def, sim, opts)
+        offset += len(members)
     acc = np.cumsum(n_pos[queries] + n_neg[queries])
     cuts = [0]
     while cuts[-1] < len(queries):

@@ -39,8 +39,9 @@ def _ap_from_positions(cols: Sequence[np.ndarray], total: int | None = None) -> 
     (i+1)-th positive, ascending): ``Σ_i (i+1)/(pos_i+1)`` summed in rank order, then ``/ n_pos`` —
     the operations of the observed AP (``r/(r+c)`` accumulated per query in rank order, then
     divided by n_pos), so identical rank lists give bitwise identical values. With ``total``
-    (positions < total ≤ 2^16) the correctly rounded quotients come from a lookup table."""
-    table = total is not None and total <= 2**16
+    (positions < total ≤ 2^16, and not much more than the lists) the correctly rounded quotients
+    come from a lookup table."""
+    table = total is not None and total <= 2**16 and (not len(cols) or total <= 4 * len(cols[0]))
     ranks = np.arange(1, total + 1, dtype=np.float64) if table else None
     acc = None
     for i, col in enumerate(cols):
@@ -124,24 +125,28 @@ def _floyd_words(seed: int, n_pos: int, total: int, null_size: int) -> np.ndarra
 
 def _floyd_bitmap_null(null_size: int, n_pos: int, total: int, seed: int, budget: int = 1 << 26) -> np.ndarray:
     """Floyd's algorithm as in :func:`_floyd_nulls` (same words, same draws, same positions) for
-    many positives, the drawn set kept as a bitmap per list (O(n_pos) vectorized steps)."""
+    many positives, the drawn set kept as a bitmap per list (one bit per position; O(n_pos)
+    vectorized steps); the drawn positions are collected as drawn and sorted per list."""
     k, s = n_pos, null_size
     words = _floyd_words(seed, k, total, s)
     out = np.empty(s)
-    rows = max(1, min(s, budget // max(total, 1)))
+    stride = (total + 7) // 8                      # bytes per list: lists never share a byte
+    rows = max(1, min(s, budget // max(stride, 1)))
+    pos_dtype = np.int32 if total < 2**31 else np.int64
     for s0 in range(0, s, rows):
         m = min(rows, s - s0)
-        bm = np.zeros(m * total, dtype=bool)
-        base = np.arange(m, dtype=np.intp) * total
-        w = words[:, s0:s0 + m].astype(np.uint64)
+        bm = np.zeros(m * stride, dtype=np.uint8)
+        base = np.arange(m, dtype=np.intp) * stride
+        pos = np.empty((m, k), dtype=pos_dtype)
         for t in range(k):
             j = total - k + t
-            r = ((w[t] * np.uint64(j + 1)) >> np.uint64(32)).astype(np.intp)
-            r += base
-            hit = bm[r]
-            r[hit] = base[hit] + j
-            bm[r] = True
-        pos = np.flatnonzero(bm).reshape(m, k) - base[:, None]
+            r = ((words[t, s0:s0 + m].astype(np.uint64) * np.uint64(j + 1)) >> np.uint64(32)).astype(np.intp)
+            hit = ((bm[base + (r >> 3)] >> (r & 7).astype(np.uint8)) & 1).astype(bool)
+            r[hit] = j
+            byte = base + (r >> 3)
+            bm[byte] |= (np.uint8(1) << (r & 7).astype(np.uint8))
+            pos[:, t] = r
+        pos.sort(axis=1)
         out[s0:s0 + m] = _ap_from_positions(list(pos.T), total)
     return out
 

@@ -137,6 +137,13 @@ class Similarity:
         """``xn[rows] @ xn[cols].T`` (numpy backend; BLAS threads as currently set)."""
         if self.backend == "torch":
             return self.gemm(rows, cols)
+        rc = self._rows(cols)
+        if len(rc) > 1:
+            lo, hi = int(rc.min()), int(rc.max())
+            if hi - lo + 1 == len(rc) and not (np.diff(rc) == 1).all():
+                # distinct profiles filling a contiguous stretch of the store: multiply by the
+                # slice (no gather of the operand) and reorder the product's columns
+                return (self._take(rows) @ self.xn[lo:hi + 1].T)[:, rc - lo]
         return self._take(rows) @ self._take(cols).T
 
     def rowwise(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
