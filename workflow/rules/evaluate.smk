@@ -92,7 +92,7 @@ rule retrieval_part:
 
 
 rule cp_split:
-    """Training / held-out plates for the CellProfiler-feature regression (a saved table)."""
+    """Training / held-out experiments (or plates) for the CellProfiler-feature regression (a saved table)."""
     input:
         "results/{dataset}/profiles/cellprofiler/well.parquet",
     output:
@@ -100,12 +100,13 @@ rule cp_split:
     params:
         frac=CPR["heldout_fraction"],
         seed=CPR["seed"],
+        holdout=CPR["holdout"],
     log:
         "logs/{dataset}/eval/cp_split.log",
     conda:
         "../../envs/morphobench.yaml"
     shell:
-        "python -m morphobench.evaluate cp-split --cp-well {input} --out {output} "
+        "python -m morphobench.evaluate cp-split --cp-well {input} --out {output} --holdout {params.holdout} "
         "--heldout-fraction {params.frac} --seed {params.seed} 2> {log}"
 
 
@@ -118,6 +119,8 @@ rule cp_regression_part:
         f"{EVAL}/cp_regression.tsv",
     params:
         key=eval_key,
+        model=CPR["model"],
+        categories=" ".join(CPR["categories"]),
     log:
         "logs/{dataset}/eval/{method}/{correction}/cp_regression.log",
     benchmark:
@@ -130,7 +133,8 @@ rule cp_regression_part:
         runtime=30,
     shell:
         "python -m morphobench.evaluate cp-regression --emb-well {input.emb} --cp-well {input.cp} "
-        "--split {input.split} --key {params.key} --out {output} 2> {log}"
+        "--split {input.split} --key {params.key} --model {params.model} --categories {params.categories} "
+        "--out {output} 2> {log}"
 
 
 GATHER = {
@@ -141,8 +145,17 @@ GATHER = {
     "cp_regression": eval_parts("cp_regression", eval_combos(methods=CPR["methods"])),
     "batch_correction_recall": eval_parts(
         "known_relationships",
-        eval_combos(methods=[BC["method"]], corrections=BC["corrections"], datasets=gene_datasets())),
+        [(d, m, c) for d, m, c in eval_combos(methods=[BC["method"]], corrections=BC["corrections"],
+                                               datasets=gene_datasets())
+         if not (c.endswith("+arm") and arm_skipped(d))]),
 }
+
+
+def arm_skips():
+    """+arm rows recorded as skipped in the batch-correction table (correct.missing_expression: skip)."""
+    return {d: {c: f"no expression table for the cell line of {d} (correct.expression.{d})"
+                for c in BC["corrections"] if c.endswith("+arm")}
+            for d in gene_datasets() if arm_skipped(d)}
 
 
 rule gather_table:
@@ -179,13 +192,16 @@ rule cp_regression_summary:
 
 
 rule batch_correction_table:
-    """MAE-CVPR Table 2 layout: recall per source for every correction of one method."""
+    """MAE-CVPR Table 2 layout: one row per correction (paper's order, without then with +arm) of
+    one method, recall per source as columns."""
     input:
         "results/batch_correction_recall.tsv",
     output:
         "results/batch_correction.tsv",
     params:
         method=BC["method"],
+        corrections=" ".join(f"'{c}'" for c in BC["corrections"]),
+        skipped=as_json(arm_skips()),
         cfg=CONFIG_HASH,
     log:
         "logs/gather/batch_correction.log",
@@ -193,4 +209,5 @@ rule batch_correction_table:
         "../../envs/morphobench.yaml"
     shell:
         "python -m morphobench.evaluate batch-correction --known {input} --method {params.method} "
+        "--corrections {params.corrections} --skipped {params.skipped} "
         "--out {output} --config-hash {params.cfg} 2> {log}"

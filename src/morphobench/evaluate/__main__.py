@@ -4,11 +4,14 @@
         --out-known K --out-curve C --out-sets S [--gene-sets JSON] [--seed 0]
     python -m morphobench.evaluate retrieval --well W --pert P --key JSON --tasks T … \
         --out OUT --detail-dir D [--null-size 10000 --seed 0 --threshold 0.05]
-    python -m morphobench.evaluate cp-split --cp-well W --out OUT [--heldout-fraction 0.25 --seed 0]
-    python -m morphobench.evaluate cp-regression --emb-well E --cp-well C --split S --key JSON --out OUT
+    python -m morphobench.evaluate cp-split --cp-well W --out OUT [--holdout experiment|plate \
+        --heldout-fraction 0.25 --seed 0]
+    python -m morphobench.evaluate cp-regression --emb-well E --cp-well C --split S --key JSON --out OUT \
+        [--model ols|ridge] [--categories AreaShape Texture …]
     python -m morphobench.evaluate gather --parts A B … --out OUT [--config-hash H]
     python -m morphobench.evaluate cp-summary --table T --out OUT [--config-hash H]
-    python -m morphobench.evaluate batch-correction --known K --method M --out OUT [--config-hash H]
+    python -m morphobench.evaluate batch-correction --known K --method M --out OUT \
+        [--corrections C …] [--skipped JSON] [--config-hash H]
 """
 
 from __future__ import annotations
@@ -49,12 +52,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--heldout-fraction", type=float, default=0.25)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--holdout", default="experiment", choices=["experiment", "plate"])
     c = sub.add_parser("cp-regression")
     c.add_argument("--emb-well", required=True)
     c.add_argument("--cp-well", required=True)
     c.add_argument("--split", required=True)
     c.add_argument("--key", required=True)
     c.add_argument("--out", required=True)
+    c.add_argument("--model", default="ols", choices=["ols", "ridge"])
+    c.add_argument("--categories", nargs="+", help="CellProfiler categories of the targets (default: the paper's five)")
     g = sub.add_parser("gather")
     g.add_argument("--parts", nargs="+", required=True)
     g.add_argument("--out", required=True)
@@ -66,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("batch-correction")
     b.add_argument("--known", required=True)
     b.add_argument("--method", required=True)
+    b.add_argument("--corrections", nargs="+", help="rows to list (default: every correction in the table)")
+    b.add_argument("--skipped", default="{}", help='JSON {dataset: {correction: reason}} recorded as skipped rows')
     b.add_argument("--out", required=True)
     b.add_argument("--config-hash")
     for p in (k, r, s, c, g, m, b):
@@ -91,15 +99,17 @@ def _dispatch(args, stages) -> None:
                                args.detail_dir, null_size=args.null_size, seed=args.seed,
                                threshold=args.threshold, on_missing_negcon=args.on_missing_negcon)
     elif args.cmd == "cp-split":
-        stages.cp_split_stage(args.cp_well, args.out, args.heldout_fraction, args.seed)
+        stages.cp_split_stage(args.cp_well, args.out, args.heldout_fraction, args.seed, args.holdout)
     elif args.cmd == "cp-regression":
-        stages.cp_regression_stage(args.emb_well, args.cp_well, args.split, json.loads(args.key), args.out)
+        stages.cp_regression_stage(args.emb_well, args.cp_well, args.split, json.loads(args.key), args.out,
+                                   model=args.model, categories=args.categories)
     elif args.cmd == "gather":
         stages.gather(args.parts, args.out, args.config_hash)
     elif args.cmd == "cp-summary":
         stages.cp_regression_summary(args.table, args.out, args.config_hash)
     else:
-        stages.batch_correction_table(args.known, args.method, args.out, args.config_hash)
+        stages.batch_correction_table(args.known, args.method, args.out, corrections=args.corrections,
+                                      skipped=json.loads(args.skipped), config_digest=args.config_hash)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,9 @@ from morphobench.io import MorphobenchError, read_table, write_parquet, write_pr
 log = logging.getLogger("morphobench.evaluate")
 
 KEY_COLS = ("dataset", "method", "correction")
+#: MAE-CVPR Table 2's row order
+CORRECTION_ORDER = ("none", "pca", "center_plate", "center_experiment", "standardize_plate",
+                    "standardize_experiment", "pca_standardize_plate", "pca_standardize_experiment", "tvn")
 RETRIEVAL_TASKS = ("perturbation", "sibling_compound", "sibling_compound_gene")
 
 
@@ -173,18 +176,21 @@ def retrieval_stage(well_path: str | os.PathLike, pert_path: str | os.PathLike, 
 # CellProfiler-feature regression
 # ------------------------------------------------------------------------------------------
 def cp_split_stage(cp_well_path: str | os.PathLike, out: str | os.PathLike, heldout_fraction: float,
-                   seed: int) -> None:
-    from morphobench.evaluate.cp_regression import plate_split
+                   seed: int, holdout: str = "experiment") -> None:
+    """The saved train/test table of the CellProfiler regression (experiments or plates held out)."""
+    from morphobench.evaluate.cp_regression import make_split
 
     wells = read_table(cp_well_path, what="CellProfiler well profiles")
     cols = [c for c in ("Metadata_Batch", "Metadata_Plate") if c in wells.columns]
-    write_tsv(plate_split(wells[cols], heldout_fraction, seed), out)
+    write_tsv(make_split(wells[cols], holdout, heldout_fraction, seed), out)
 
 
 def cp_regression_stage(emb_well_path: str | os.PathLike, cp_well_path: str | os.PathLike,
                         split_path: str | os.PathLike, key: Mapping[str, str],
-                        out: str | os.PathLike) -> None:
-    from morphobench.evaluate.cp_regression import cp_regression
+                        out: str | os.PathLike, model: str = "ols",
+                        categories: Sequence[str] | None = None) -> None:
+    """R² per CellProfiler target feature (``categories``; default the paper's five)."""
+    from morphobench.evaluate.cp_regression import PAPER_CATEGORIES, cp_regression
 
     emb = read_table(emb_well_path, what="embedding well profiles")
     cp = read_table(cp_well_path, what="CellProfiler well profiles")
@@ -192,7 +198,8 @@ def cp_regression_stage(emb_well_path: str | os.PathLike, cp_well_path: str | os
     keep_meta = ["Metadata_Plate", "Metadata_Well"]
     emb = emb[keep_meta + [c for c in emb.columns if not c.startswith("Metadata_")]]
     cp = cp[keep_meta + [c for c in cp.columns if not c.startswith("Metadata_")]]
-    res = cp_regression(emb, cp, split)
+    res = cp_regression(emb, cp, split, model=model,
+                        categories=PAPER_CATEGORIES if categories is None else categories)
     write_tsv(_keyed(res, key), out)
 
 
@@ -224,13 +231,50 @@ def cp_regression_summary(per_feature_path: str | os.PathLike, out: str | os.Pat
 
 
 def batch_correction_table(known_path: str | os.PathLike, method: str, out: str | os.PathLike,
-                           config_digest: str | None = None) -> None:
-    """MAE-CVPR Table 2 layout: recall per source for every correction of ``method``."""
+                           corrections: Sequence[str] | None = None,
+                           skipped: Mapping[str, Mapping[str, str]] | None = None,
+                           config_digest: str | None = None) -> pd.DataFrame:
+    """MAE-CVPR Table 2 layout: one row per dataset × correction of ``method`` with the recall
+    (top and bottom 5 %) of each source as columns ``recall_5_95_<source>``.
+
+    Rows follow the paper's order (none, PCA, center plate, center experiment, standardize plate,
+    standardize experiment, PCA+standardize plate, PCA+standardize experiment, TVN), first every
+    correction without, then with the chromosome-arm correction (the paper's TVN row is its Table 3
+    protocol, TVN + arm). ``corrections`` (default: those in the table) selects rows;
+    ``skipped`` ({dataset: {correction: reason}}) adds recorded rows for corrections that were not
+    run (e.g. ``+arm`` without an expression table), with NaN recall and the reason.
+    """
+    from morphobench.correct.stage import parse_correction
+
     tab = read_table(known_path, what="known relationships table")
     sub = tab[tab["method"] == method]
     if sub.empty:
         raise MorphobenchError(f"batch-correction table: method {method!r} not in {known_path} "
                                f"(methods: {sorted(tab['method'].unique())})")
-    cols = ["dataset", "method", "correction", "source", "n_genes", "n_pairs", "recall_5_95", "recall_10_90"]
-    write_tsv(sub[cols].sort_values(["dataset", "source", "correction"], kind="stable"), out)
+    sources = list(dict.fromkeys(sub["source"]))
+    wide = sub.pivot_table(index=["dataset", "correction"], columns="source", values="recall_5_95",
+                           aggfunc="first", dropna=False)
+    wide = wide.reindex(columns=sources)
+    wide.columns = [f"recall_5_95_{c}" for c in wide.columns]
+    n_genes = sub.groupby(["dataset", "correction"])["n_genes"].first()
+    wide = wide.join(n_genes).reset_index()
+    wide["skip_reason"] = ""
+    extra = [{"dataset": d, "correction": c, "skip_reason": why}
+             for d, per in (skipped or {}).items() for c, why in per.items()]
+    if extra:
+        wide = pd.concat([wide, pd.DataFrame(extra)], ignore_index=True)
+    if corrections is not None:
+        wide = wide[wide["correction"].isin(list(corrections))]
+    order = {c: i for i, c in enumerate(CORRECTION_ORDER)}
+    parsed = [parse_correction(c) for c in wide["correction"]]
+    wide["base_correction"] = [b for b, _ in parsed]
+    wide["arm"] = [a for _, a in parsed]
+    wide["_k"] = [order[b] + (len(order) if a else 0) for b, a in parsed]
+    wide = wide.sort_values(["dataset", "_k"], kind="stable").drop(columns="_k").reset_index(drop=True)
+    wide.insert(1, "method", method)
+    wide.insert(2, "row", wide.groupby("dataset").cumcount() + 1)
+    cols = ["dataset", "method", "row", "correction", "base_correction", "arm", "n_genes"]
+    wide = wide[cols + [c for c in wide.columns if c.startswith("recall_5_95_")] + ["skip_reason"]]
+    write_tsv(wide, out)
     write_provenance(out, config_digest=config_digest)
+    return wide

@@ -109,16 +109,29 @@ def r2_by_category(summary: pd.DataFrame, path: str | os.PathLike) -> None:
 
 
 def batch_correction_heatmap(table: pd.DataFrame, path: str | os.PathLike, value: str = "recall_5_95") -> None:
-    """``table``: method, correction, source, recall_5_95 (one method, every correction)."""
-    _check(table, ["correction", "source", value], "batch correction")
-    piv = table.pivot_table(index="correction", columns="source", values=value, aggfunc="mean")
-    fig, ax = plt.subplots(figsize=(1.1 * piv.shape[1] + 2.5, 0.45 * piv.shape[0] + 1.5))
+    """MAE-CVPR Table 2 as a heat map, rows in the table's order (the paper's).
+
+    ``table``: the batch-correction table (dataset, method, correction, ``recall_5_95_<source>``
+    columns), or a long table (correction, source, recall_5_95)."""
+    wide_cols = [c for c in table.columns if c.startswith(f"{value}_")]
+    if wide_cols:
+        _check(table, ["correction"] + wide_cols, "batch correction")
+        keys = [k for k in ("dataset", "method") if k in table and table[k].nunique() > 1]
+        labels = [" / ".join([*(str(r[k]) for k in keys), str(r["correction"])]) for _, r in table.iterrows()]
+        piv = pd.DataFrame(table[wide_cols].to_numpy(dtype=float), index=labels,
+                           columns=[c[len(value) + 1:] for c in wide_cols])
+    else:
+        _check(table, ["correction", "source", value], "batch correction")
+        rows = list(dict.fromkeys(table["correction"]))
+        piv = table.pivot_table(index="correction", columns="source", values=value, aggfunc="mean").reindex(rows)
+    fig, ax = plt.subplots(figsize=(1.1 * piv.shape[1] + 3.5, 0.4 * piv.shape[0] + 1.5))
     im = ax.imshow(piv.to_numpy(), cmap="viridis", aspect="auto")
     ax.set_xticks(range(piv.shape[1]), piv.columns, rotation=30, ha="right")
     ax.set_yticks(range(piv.shape[0]), piv.index)
+    mean = np.nanmean(piv.to_numpy()) if np.isfinite(piv.to_numpy()).any() else 0.0
     for (i, j), v in np.ndenumerate(piv.to_numpy()):
-        ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=7,
-                color="white" if v < np.nanmean(piv.to_numpy()) else "black")
+        ax.text(j, i, "skipped" if np.isnan(v) else f"{v:.3f}", ha="center", va="center", fontsize=7,
+                color="white" if not np.isnan(v) and v < mean else "black")
     fig.colorbar(im, ax=ax, label=value)
     methods = sorted(table["method"].unique()) if "method" in table else []
     ax.set_title(f"recall by correction ({', '.join(methods)})", fontsize=9)
