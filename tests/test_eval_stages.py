@@ -5,14 +5,8 @@ import pandas as pd
 import pytest
 
 from morphobench.correct.stage import correct_profiles, parse_correction
-from morphobench.evaluate.stages import (
-    batch_correction_table,
-    gather,
-    known_relationships,
-    retrieval_stage,
-    run_retrieval,
-    sibling_profiles,
-)
+from morphobench.evaluate.retrieval import run_task, sibling_profiles
+from morphobench.evaluate.stages import batch_correction_table, gather, known_relationships, retrieval_stage
 from morphobench.io import MorphobenchError
 
 KEY = {"dataset": "syn", "method": "m", "correction": "none"}
@@ -122,6 +116,10 @@ def test_arm_correction_applies_to_gene_rows_only():
         correct_profiles(wells, "tvn+arm", arm_level="gene")
 
 
+def run_retrieval(well, pert, task, **kw):
+    return run_task(well, pert, task, negatives=kw.pop("negatives", "other_targets"), **kw)
+
+
 def test_retrieval_tasks_rank_structure():
     centred, pert = correct_profiles(_wells(), "none")
     summ, detail = run_retrieval(centred, pert, "perturbation", null_size=2000, seed=0)
@@ -154,7 +152,8 @@ def test_no_negcon_on_a_plate_is_a_clear_error(tmp_path):
     retrieval_stage(tmp_path / "w.parquet", tmp_path / "p.parquet", KEY, ["perturbation"],
                     tmp_path / "t.tsv", tmp_path / "d", null_size=100, on_missing_negcon="skip")
     t = pd.read_csv(tmp_path / "t.tsv", sep="\t")
-    assert t.loc[0, "n_groups"] == 15 and t.loc[0, "mAP"] > 0
+    assert list(t.condition) == ["all", "mean ± sd"]
+    assert t.loc[0, "n_groups"] == 15 and t.loc[0, "mAP"] > 0 and t.loc[1, "mAP"] == t.loc[0, "mAP"]
 
 
 def test_known_relationships_stage_and_tables(tmp_path):

@@ -16,6 +16,7 @@ from morphobench.data.tables import validate_image_sheet, validate_plate_map
 pytestmark = pytest.mark.workflow
 
 REPO = Path(__file__).resolve().parents[2]
+KEYS = ["dataset", "method", "correction"]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
@@ -109,15 +110,26 @@ def test_tiny_config_runs_end_to_end(tmp_path, resources_dir):
     for col in ("dataset", "method", "correction", "task", "n_groups", "mAP", "fraction_retrieved",
                 "null_size", "seed"):
         assert col in retr.columns
-    assert len(retr) == len(methods) * len(corrections) * 3 and (retr["null_size"] == 2000).all()
+    tasks = ["perturbation", "sibling_compound", "sibling_compound_gene", "sibling_compound_orf", "sibling_guide"]
+    assert (retr["null_size"] == 2000).all() and set(retr["task"]) == set(tasks)
+    # one condition ("all") + the mean ± sd row per task that applies; a recorded row otherwise
+    per = retr.groupby(["method", "correction", "task"])["condition"].apply(list)
+    assert len(per) == len(methods) * len(corrections) * len(tasks)
+    assert all(c in (["all", "mean ± sd"], ["all"]) for c in per)
+    assert all(c == ["all", "mean ± sd"] for c in per.xs("perturbation", level="task"))
     detail = pd.read_parquet(res / "retrieval" / "simulated" / "cellprofiler" / "tvn" / "perturbation.parquet")
     assert detail["mean_average_precision"].between(0, 1).all()
     cpr = pd.read_csv(res / "cp_regression.tsv", sep="\t")
     assert set(cpr["method"]) == {"random", "pixel_stats"} and cpr["r2"].notna().any()
+    assert (cpr["model"] == "ols").all() and (cpr["n_targets"] == cpr.groupby(KEYS)["feature"].transform("size")).all()
+    split = pd.read_csv(res / "simulated" / "splits" / "cp_regression_plates.tsv", sep="\t")
+    assert split.groupby("Metadata_Batch")["split"].nunique().eq(1).all()   # whole experiments held out
     summ = pd.read_csv(res / "cp_regression_summary.tsv", sep="\t")
     assert {"AreaShape", "Intensity"} <= set(summ["category"])
     bc = pd.read_csv(res / "batch_correction.tsv", sep="\t")
-    assert set(bc["method"]) == {"cellprofiler"} and bc["correction"].nunique() == 10
+    paper = ["none", "pca", "center_plate", "center_experiment", "standardize_plate", "standardize_experiment",
+             "pca_standardize_plate", "pca_standardize_experiment", "tvn"]
+    assert set(bc["method"]) == {"cellprofiler"} and list(bc["correction"]) == paper + [c + "+arm" for c in paper]
     for t in ("known_relationships", "jump_retrieval", "cp_regression", "batch_correction"):
         assert (res / f"{t}.tsv.provenance.json").exists()
     for fig in ("recall_curves", "recall_by_method", "retrieval", "cp_regression_r2", "batch_correction"):

@@ -74,6 +74,9 @@ rule retrieval_part:
         seed=RT["seed"],
         threshold=RT["threshold"],
         on_missing=RT["on_missing_negcon"],
+        negatives=RT["negatives"],
+        condition=" ".join(config["aggregate"]["condition"]),
+        cross=" ".join(RT["cross_modality_condition"]),
     log:
         "logs/{dataset}/eval/{method}/{correction}/retrieval.log",
     benchmark:
@@ -88,7 +91,8 @@ rule retrieval_part:
         "MORPHOBENCH_MAP_THREADS={threads} python -m morphobench.evaluate retrieval --well {input.well} --pert {input.pert} "
         "--key {params.key} --tasks {params.tasks} --out {output.table} --detail-dir {params.detail_dir} "
         "--null-size {params.null_size} --seed {params.seed} --threshold {params.threshold} "
-        "--on-missing-negcon {params.on_missing} 2> {log}"
+        "--on-missing-negcon {params.on_missing} --negatives {params.negatives} "
+        "--condition {params.condition} --cross-condition {params.cross} 2> {log}"
 
 
 rule cp_split:

@@ -3,7 +3,8 @@
     python -m morphobench.evaluate known-relationships --pert P --annotations JSON --key JSON \
         --out-known K --out-curve C --out-sets S [--gene-sets JSON] [--seed 0]
     python -m morphobench.evaluate retrieval --well W --pert P --key JSON --tasks T … \
-        --out OUT --detail-dir D [--null-size 10000 --seed 0 --threshold 0.05]
+        --out OUT --detail-dir D [--null-size 10000 --seed 0 --threshold 0.05 \
+        --negatives controls|other_targets --condition COL … --cross-condition COL …]
     python -m morphobench.evaluate cp-split --cp-well W --out OUT [--holdout experiment|plate \
         --heldout-fraction 0.25 --seed 0]
     python -m morphobench.evaluate cp-regression --emb-well E --cp-well C --split S --key JSON --out OUT \
@@ -47,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--threshold", type=float, default=0.05)
     r.add_argument("--on-missing-negcon", default="error", choices=["error", "skip"])
+    r.add_argument("--negatives", default="controls", choices=["controls", "other_targets"],
+                   help="sibling tasks: rank against negative-control wells (MAE-CVPR) or other targets (CPJUMP1)")
+    r.add_argument("--condition", nargs="*", default=["Metadata_CellType", "Metadata_Modality", "Metadata_Timepoint"],
+                   help="condition columns (those present are used); tasks run per condition")
+    r.add_argument("--cross-condition", nargs="*", default=["Metadata_CellType"],
+                   help="condition columns of the cross-modality sibling tasks")
     s = sub.add_parser("cp-split")
     s.add_argument("--cp-well", required=True)
     s.add_argument("--out", required=True)
@@ -97,7 +104,9 @@ def _dispatch(args, stages) -> None:
     elif args.cmd == "retrieval":
         stages.retrieval_stage(args.well, args.pert, json.loads(args.key), args.tasks, args.out,
                                args.detail_dir, null_size=args.null_size, seed=args.seed,
-                               threshold=args.threshold, on_missing_negcon=args.on_missing_negcon)
+                               threshold=args.threshold, on_missing_negcon=args.on_missing_negcon,
+                               negatives=args.negatives, condition=args.condition,
+                               cross_condition=args.cross_condition)
     elif args.cmd == "cp-split":
         stages.cp_split_stage(args.cp_well, args.out, args.heldout_fraction, args.seed, args.holdout)
     elif args.cmd == "cp-regression":

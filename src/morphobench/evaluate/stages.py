@@ -9,8 +9,10 @@ Tables (REFERENCE §4):
   recall_10_90 (+ n_pairs_gene_missing, skip_reason)
 - ``recall_curve``: dataset, method, correction, source, percentile (1–20 %), recall
 - ``stringdb_gene_sets``: StringDB recall at 5 % FPR within gene sets (MAE-CVPR Table 5)
-- ``jump_retrieval``: dataset, method, correction, task, n_groups, mAP, fraction_retrieved,
-  null_size, seed (+ mAP_sem, n_groups_evaluated, n_groups_skipped); per-group detail parquet
+- ``jump_retrieval``: dataset, method, correction, task, condition (one row per condition and a
+  ``mean ± sd`` row, MAE-CVPR Table 4), negatives, n_groups, mAP, mAP_sd, fraction_retrieved,
+  fraction_retrieved_sd, null_size, seed (+ mAP_sem, n_conditions, n_groups_evaluated,
+  n_groups_skipped, skip_reason); per-group detail parquet per task
 - ``cp_regression`` / ``cp_regression_summary``: R² per CellProfiler feature / median per category
 """
 
@@ -21,7 +23,6 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from morphobench.data.tables import gene_rows
@@ -33,7 +34,6 @@ KEY_COLS = ("dataset", "method", "correction")
 #: MAE-CVPR Table 2's row order
 CORRECTION_ORDER = ("none", "pca", "center_plate", "center_experiment", "standardize_plate",
                     "standardize_experiment", "pca_standardize_plate", "pca_standardize_experiment", "tvn")
-RETRIEVAL_TASKS = ("perturbation", "sibling_compound", "sibling_compound_gene")
 
 
 def _keyed(df: pd.DataFrame, key: Mapping[str, str]) -> pd.DataFrame:
@@ -100,75 +100,27 @@ def known_relationships(pert_path: str | os.PathLike, annotations: Mapping[str, 
 # ------------------------------------------------------------------------------------------
 # retrieval
 # ------------------------------------------------------------------------------------------
-def target_gene(pert: pd.DataFrame) -> pd.Series:
-    """A perturbation's target gene: ``Metadata_Gene`` for CRISPR, ``Metadata_Target`` for compounds."""
-    gene = pert["Metadata_Gene"] if "Metadata_Gene" in pert else pd.Series(np.nan, index=pert.index)
-    tgt = pert["Metadata_Target"] if "Metadata_Target" in pert else pd.Series(np.nan, index=pert.index)
-    is_cpd = pert["Metadata_Compound"].notna() if "Metadata_Compound" in pert else pd.Series(False, index=pert.index)
-    return pd.Series(np.where(is_cpd, tgt, gene), index=pert.index, dtype=object)
-
-
-def sibling_profiles(pert: pd.DataFrame, task: str) -> pd.DataFrame:
-    """Consensus profiles for sibling retrieval with ``Metadata_TargetGene`` / ``Metadata_Modality``."""
-    df = pert[pert["Metadata_PertType"].eq("trt")].copy() if "Metadata_PertType" in pert else pert.copy()
-    df["Metadata_TargetGene"] = target_gene(df)
-    df = df[df["Metadata_TargetGene"].notna()].reset_index(drop=True)
-    is_cpd = df["Metadata_Compound"].notna() if "Metadata_Compound" in df else pd.Series(False, index=df.index)
-    df["Metadata_Modality"] = np.where(is_cpd, "compound", "crispr")
-    if task == "sibling_compound":
-        df = df[df["Metadata_Modality"].eq("compound")].reset_index(drop=True)
-    return df
-
-
-def run_retrieval(well: pd.DataFrame, pert: pd.DataFrame, task: str, *, null_size: int, seed: int,
-                  threshold: float = 0.05, on_missing_negcon: str = "error", source: str = "profiles"):
-    """One retrieval task → (summary dict, per-group mAP table)."""
-    from morphobench.evaluate.map import replicate_retrieval, retrieval, summarize_map
-
-    if task == "perturbation":
-        res = replicate_retrieval(well, null_size=null_size, seed=seed, threshold=threshold,
-                                  on_missing_negcon=on_missing_negcon, source=source)
-    elif task in ("sibling_compound", "sibling_compound_gene"):
-        df = sibling_profiles(pert, task)
-        if df.empty or df["Metadata_TargetGene"].value_counts().max() < 2:
-            empty = pd.DataFrame(columns=["Metadata_TargetGene", "mean_average_precision", "p_value",
-                                          "corrected_p_value", "skip_reason"])
-            summ = {"mAP": np.nan, "mAP_sem": np.nan, "fraction_retrieved": np.nan, "n_groups": 0,
-                    "n_groups_evaluated": 0, "n_groups_skipped": 0,
-                    "skip_reason": "no target gene shared by two perturbations"}
-            return summ, empty
-        pos_diffby = ["Metadata_Perturbation"] if task == "sibling_compound" else ["Metadata_Modality"]
-        neg_diffby = ["Metadata_TargetGene"] if task == "sibling_compound" else ["Metadata_TargetGene",
-                                                                                   "Metadata_Modality"]
-        # compound↔gene: queries are compounds, positives are CRISPR profiles of their target
-        query = df["Metadata_Modality"].eq("compound").to_numpy() if task == "sibling_compound_gene" else None
-        res = retrieval(df, pos_sameby=["Metadata_TargetGene"], pos_diffby=pos_diffby, neg_sameby=[],
-                        neg_diffby=neg_diffby, map_sameby=["Metadata_TargetGene"], null_size=null_size,
-                        seed=seed, threshold=threshold, query_mask=query, source=source)
-    else:
-        raise MorphobenchError(f"unknown retrieval task {task!r}; choose from {list(RETRIEVAL_TASKS)}")
-    summ = summarize_map(res.map, threshold)
-    summ["skip_reason"] = ""
-    return summ, res.map
-
-
 def retrieval_stage(well_path: str | os.PathLike, pert_path: str | os.PathLike, key: Mapping[str, str],
                     tasks: Sequence[str], out_summary: str | os.PathLike, detail_dir: str | os.PathLike,
                     null_size: int = 10000, seed: int = 0, threshold: float = 0.05,
-                    on_missing_negcon: str = "error") -> None:
+                    on_missing_negcon: str = "error", negatives: str = "controls",
+                    condition: Sequence[str] = ("Metadata_CellType", "Metadata_Modality", "Metadata_Timepoint"),
+                    cross_condition: Sequence[str] = ("Metadata_CellType",)) -> None:
+    """JUMP retrieval tasks per condition (:mod:`morphobench.evaluate.retrieval`): the summary
+    table (one row per task × condition + a ``mean ± sd`` row per task) and one per-group detail
+    parquet per task."""
+    from morphobench.evaluate.retrieval import retrieval_table
+
     well = read_table(well_path, what="well profiles")
     pert = read_table(pert_path, what="perturbation profiles")
-    rows = []
+    tab, details = retrieval_table(well, pert, tasks, condition=condition, cross_condition=cross_condition,
+                                   negatives=negatives, null_size=null_size, seed=seed, threshold=threshold,
+                                   on_missing_negcon=on_missing_negcon, source=str(well_path))
     detail_dir = Path(detail_dir)
     for task in tasks:
-        summ, detail = run_retrieval(well, pert, task, null_size=null_size, seed=seed, threshold=threshold,
-                                     on_missing_negcon=on_missing_negcon, source=f"{well_path} [{task}]")
-        write_parquet(_keyed(detail.assign(task=task), key), detail_dir / f"{task}.parquet")
-        rows.append({"task": task, **summ, "null_size": null_size, "seed": seed})
-        log.info("%s: mAP %.4f, fraction retrieved %.3f over %d groups", task, summ["mAP"],
-                 summ["fraction_retrieved"], summ["n_groups"])
-    tab = pd.DataFrame(rows)[["task", "n_groups", "n_groups_evaluated", "n_groups_skipped", "mAP", "mAP_sem",
-                              "fraction_retrieved", "null_size", "seed", "skip_reason"]]
+        write_parquet(_keyed(details[task].assign(task=task), key), detail_dir / f"{task}.parquet")
+    tab.insert(tab.columns.get_loc("skip_reason"), "null_size", null_size)
+    tab.insert(tab.columns.get_loc("skip_reason"), "seed", seed)
     write_tsv(_keyed(tab, key), out_summary)
 
 

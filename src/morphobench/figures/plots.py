@@ -5,7 +5,7 @@ atomically. Layouts follow the papers:
 
 - :func:`recall_curves`        MAE-CVPR Fig. 5 (right): recall vs percentile threshold, per source
 - :func:`recall_by_method`     MAE-CVPR Table 3 layout: recall per source × method (grouped bars)
-- :func:`retrieval_bars`       MAE-CVPR Table 4 layout: mAP / fraction retrieved per task × method, error bars
+- :func:`retrieval_bars`       MAE-CVPR Table 4 layout: mAP / fraction retrieved per task × method, mean ± sd over conditions
 - :func:`r2_by_category`       MAE-CVPR Fig. 6: median R² per CellProfiler category × method
 - :func:`batch_correction_heatmap`  MAE-CVPR Table 2: recall per source × correction
 """
@@ -90,11 +90,20 @@ def recall_by_method(known: pd.DataFrame, path: str | os.PathLike, value: str = 
 
 
 def retrieval_bars(retrieval: pd.DataFrame, path: str | os.PathLike) -> None:
-    """``retrieval``: dataset, method, correction, task, mAP, mAP_sem, fraction_retrieved."""
+    """MAE-CVPR Table 4 layout. ``retrieval``: dataset, method, correction, task, mAP,
+    fraction_retrieved; with a ``condition`` column, the ``mean ± sd`` rows (mean over conditions,
+    error bars = sd over conditions)."""
     _check(retrieval, ["dataset", "method", "correction", "task", "mAP", "fraction_retrieved"], "retrieval")
+    err_map, err_frac = "mAP_sem", None
+    if "condition" in retrieval:
+        from morphobench.evaluate.retrieval import SUMMARY
+
+        retrieval = retrieval[retrieval["condition"] == SUMMARY]
+        _check(retrieval, ["task"], "retrieval (mean ± sd rows)")
+        err_map, err_frac = "mAP_sd", "fraction_retrieved_sd"
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.4), gridspec_kw={"wspace": 0.9})
-    _grouped_bars(axes[0], retrieval, "task", ["method", "correction"], "mAP", err="mAP_sem")
-    _grouped_bars(axes[1], retrieval, "task", ["method", "correction"], "fraction_retrieved")
+    _grouped_bars(axes[0], retrieval, "task", ["method", "correction"], "mAP", err=err_map)
+    _grouped_bars(axes[1], retrieval, "task", ["method", "correction"], "fraction_retrieved", err=err_frac)
     axes[1].set_ylim(0, 1)
     _save(fig, path)
 

@@ -362,6 +362,7 @@ def average_precision(
     *,
     distance: str = "cosine",
     no_negatives: str = "skip",
+    exclude_negatives: np.ndarray | None = None,
     options: MapOptions | None = None,
     max_entries: int | None = None,
     backend: str | None = None,
@@ -375,6 +376,9 @@ def average_precision(
     Returns ``meta`` (index reset) plus ``n_pos_pairs``, ``n_total_pairs``, ``average_precision``,
     ``normalized_average_precision`` and ``skip_reason`` ("" when the AP is valid).
     ``no_negatives``: ``"skip"`` | ``"error"`` | ``"keep"`` (see module docstring).
+    ``exclude_negatives``: profile index pairs ``(i, j)`` (either order; an ``(m, 2)`` array) that
+    are never negative pairs even when the definition makes them so — e.g. two compounds sharing
+    one of several targets (copairs' multilabel rule, for rows exploded per label).
     ``options`` (:class:`MapOptions`) sets how it is computed (never the result);
     ``max_entries``, ``backend`` and ``device`` override the same-named options
     (``backend="torch"`` computes similarities with torch on ``device``: ``"cuda"``, ``"auto"``).
@@ -406,6 +410,16 @@ def average_precision(
     neg_def = PairDefinition(codes, neg_sameby, neg_diffby, n)
 
     n_pos, n_neg = pos_def.count, neg_def.count
+    excl = None
+    if exclude_negatives is not None and len(exclude_negatives):
+        e = np.asarray(exclude_negatives, dtype=np.int64).reshape(-1, 2)
+        if (e < 0).any() or (e >= n).any():
+            raise MorphobenchError(f"{source}: exclude_negatives holds indices outside [0, {n})")
+        e = np.concatenate([e, e[:, ::-1]])
+        e = e[neg_def.is_pair(e[:, 0], e[:, 1])]
+        excl = np.unique(e[:, 0] * n + e[:, 1])
+        n_neg = n_neg - np.bincount(excl // n, minlength=n)
+        opts = replace(opts, neg_dense=False, symmetric_min=0)     # excluded pairs: entry lists
     ap = np.full(n, np.nan)
     # big negative-pair groups made mostly of queries (the dense, sibling-style design): counted
     # from symmetric tiles; their members come first in the unit-vector store, in tile order
@@ -446,6 +460,9 @@ def average_precision(
         plan = neg_def.dense_plan(q, opts.dense_min_entries) if opts.neg_dense else None
         if plan is None:       # scattered negatives: entry lists
             nqi, npart = neg_def.entries(q)
+            if excl is not None:
+                keep = ~np.isin(q[nqi] * n + npart, excl)
+                nqi, npart = nqi[keep], npart[keep]
             ns = sim.entries(q[nqi], npart, neg_def.gid[q[nqi]])
             ap[q] = _block_ap(len(q), pqi, ps, nqi, ns, method=opts.ap_method)
             continue

@@ -160,6 +160,15 @@ class PairDefinition:
             bad = eq if bad is None else (bad | eq)
         return bad if bad is not None and bad.any() else None
 
+    def is_pair(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Whether each ``(a[k], b[k])`` is a pair of this definition."""
+        ok = (a != b) & (self.gid[a] == self.gid[b])
+        if self.has_diff:
+            ok &= self.sub[a] != self.sub[b]
+        for code in self.rest:
+            ok &= code[a] != code[b]
+        return ok
+
     def entries(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(index into ``q``, partner) for every pair of the queries ``q``, grouped by query."""
         g = self.gid[q]
