@@ -165,7 +165,9 @@ def test_known_relationships_stage_and_tables(tmp_path):
     pairs.to_csv(tmp_path / "StringDB.csv", index=False)
     ann = {"CORUM": str(tmp_path / "CORUM.csv"), "StringDB": str(tmp_path / "StringDB.csv")}
     outs = [tmp_path / f"{n}.tsv" for n in ("known", "curve", "sets")]
-    known_relationships(tmp_path / "p.parquet", ann, KEY, *outs, gene_sets={"A": [f"gA{i}" for i in range(4)], "every": "all"})
+    (tmp_path / "setA.txt").write_text("\n".join(f"gA{i}" for i in range(4)))
+    known_relationships(tmp_path / "p.parquet", ann, KEY, *outs,
+                        gene_sets={"A": str(tmp_path / "setA.txt"), "every": "all"}, gene_set_null="all")
     k = pd.read_csv(outs[0], sep="\t")
     assert list(k.columns[:8]) == ["dataset", "method", "correction", "source", "n_genes", "n_pairs",
                                    "recall_5_95", "recall_10_90"]

@@ -28,10 +28,14 @@ CPR = config["evaluate"]["cp_regression"]
 BC = config["evaluate"]["batch_correction"]
 
 
+GENE_SET_FILES = sorted({v for v in KR["gene_sets"].values() if isinstance(v, str) and v != "all"})
+
+
 rule known_relationships_part:
     input:
         pert="results/{dataset}/profiles/{method}/{correction}/perturbation.parquet",
         annotations=expand(f"{RES}/annotations/{{source}}.csv", source=KR["sources"]),
+        gene_sets=GENE_SET_FILES,
     output:
         known=f"{EVAL}/known_relationships.tsv",
         curve=f"{EVAL}/recall_curve.tsv",
@@ -40,6 +44,7 @@ rule known_relationships_part:
         key=eval_key,
         annotations=as_json({s: f"{RES}/annotations/{s}.csv" for s in KR["sources"]}),
         gene_sets=as_json(KR["gene_sets"]),
+        gene_set_null=KR["gene_set_null"],
         seed=config["seed"],
     log:
         "logs/{dataset}/eval/{method}/{correction}/known_relationships.log",
@@ -53,7 +58,8 @@ rule known_relationships_part:
         runtime=30,
     shell:
         "python -m morphobench.evaluate known-relationships --pert {input.pert} "
-        "--annotations {params.annotations} --gene-sets {params.gene_sets} --key {params.key} "
+        "--annotations {params.annotations} --gene-sets {params.gene_sets} --gene-set-null {params.gene_set_null} "
+        "--key {params.key} "
         "--out-known {output.known} --out-curve {output.curve} --out-sets {output.sets} "
         "--seed {params.seed} 2> {log}"
 

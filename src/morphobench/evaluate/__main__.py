@@ -31,7 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     k = sub.add_parser("known-relationships")
     k.add_argument("--pert", required=True)
     k.add_argument("--annotations", required=True, help='JSON {"CORUM": "path.csv", …}')
-    k.add_argument("--gene-sets", default="{}", help='JSON {"name": [genes] | "all"}')
+    k.add_argument("--gene-sets", default="{}", help='JSON {"name": [genes] | "path/to/genes.txt" | "all"}')
+    k.add_argument("--gene-set-null", default="unannotated", choices=["unannotated", "all"],
+                   help="null of the recall at 5 %% FPR: the set's non-annotated pairs (default) or all its pairs")
     k.add_argument("--key", required=True)
     k.add_argument("--out-known", required=True)
     k.add_argument("--out-curve", required=True)
@@ -100,7 +102,8 @@ def _dispatch(args, stages) -> None:
     if args.cmd == "known-relationships":
         stages.known_relationships(args.pert, json.loads(args.annotations), json.loads(args.key),
                                    args.out_known, args.out_curve, args.out_sets,
-                                   gene_sets=json.loads(args.gene_sets), seed=args.seed)
+                                   gene_sets=json.loads(args.gene_sets), gene_set_null=args.gene_set_null,
+                                   seed=args.seed)
     elif args.cmd == "retrieval":
         stages.retrieval_stage(args.well, args.pert, json.loads(args.key), args.tasks, args.out,
                                args.detail_dir, null_size=args.null_size, seed=args.seed,

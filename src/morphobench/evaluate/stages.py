@@ -60,15 +60,20 @@ def gene_profiles(pert: pd.DataFrame, source: str) -> pd.DataFrame:
     return genes
 
 
+SET_COLS = ["gene_set", "n_set_genes", "source", "n_genes", "n_pairs", "recall", "fpr", "null",
+            "null_distribution_size", "n_set_genes_missing", "skip_reason"]
+
+
 def known_relationships(pert_path: str | os.PathLike, annotations: Mapping[str, str | os.PathLike],
                         key: Mapping[str, str], out_known: str | os.PathLike, out_curve: str | os.PathLike,
-                        out_sets: str | os.PathLike, gene_sets: Mapping[str, Sequence[str]] | None = None,
+                        out_sets: str | os.PathLike, gene_sets: Mapping[str, Sequence[str] | str] | None = None,
                         percentiles: Sequence[float] = tuple(p / 100 for p in range(1, 21)),
-                        fpr: float = 0.05, seed: int = 0) -> None:
+                        fpr: float = 0.05, gene_set_null: str = "unannotated", seed: int = 0) -> None:
     """Recall of annotated pairs (EFAAR semantics) per source, the recall curve, and StringDB
-    recall at ``fpr`` within each gene set (a list of genes, or ``"all"``: every gene of the map)."""
+    recall at ``fpr`` within each gene set (a list of genes, a gene-set file, or ``"all"``: every
+    gene of the map), the FPR taken over the set's non-annotated pairs (``gene_set_null``)."""
     from morphobench.evaluate.recall import known_relationship_recall, recall_curve, recall_within_gene_set
-    from morphobench.resources import load_annotation
+    from morphobench.resources import load_annotation, resolve_gene_set
 
     pert = read_table(pert_path, what="perturbation profiles")
     genes = gene_profiles(pert, str(pert_path))
@@ -85,15 +90,14 @@ def known_relationships(pert_path: str | os.PathLike, annotations: Mapping[str, 
     rows = []
     if "StringDB" in rels:
         for name, members in (gene_sets or {}).items():
-            if members == "all":
-                members = genes["Metadata_Gene"].tolist()
-            t = recall_within_gene_set(genes, {"StringDB": rels["StringDB"]}, members, fpr=fpr, seed=seed,
-                                       source=str(pert_path))
+            members = resolve_gene_set(members, genes["Metadata_Gene"].tolist())
+            t = recall_within_gene_set(genes, {"StringDB": rels["StringDB"]}, members, fpr=fpr, null=gene_set_null,
+                                       seed=seed, source=str(pert_path))
             t = t.rename(columns={"n_pairs_used": "n_pairs", f"recall_top_{fpr}": "recall"})
             t.insert(0, "gene_set", name)
-            rows.append(t[["gene_set", "source", "n_pairs", "recall", "fpr", "n_set_genes_missing", "skip_reason"]])
-    sets = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
-        columns=["gene_set", "source", "n_pairs", "recall", "fpr", "n_set_genes_missing", "skip_reason"])
+            t.insert(1, "n_set_genes", len(set(members)))
+            rows.append(t[SET_COLS])
+    sets = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=SET_COLS)
     write_tsv(_keyed(sets, key), out_sets)
 
 
