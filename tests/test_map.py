@@ -508,3 +508,20 @@ def test_large_equality_vs_copairs(tmp_path):
     ev = m_ours[m_ours["p_value"].notna()].reset_index(drop=True)
     np.testing.assert_array_equal(ev["p_value"], m_ref["p_value"])
     np.testing.assert_array_equal(ev["corrected_p_value"], m_ref["corrected_p_value"])
+
+
+def test_key_thresholds_decide_rank_keys_exactly():
+    """θ(s) splits similarities exactly as copairs' float32 rank keys do: t ranks above s
+    (key(t) < key(s)) iff t > θ(s), also next to float32 boundaries and ties."""
+    A = __import__("sys").modules["morphobench.evaluate.map.average_precision"]
+    rng = np.random.default_rng(0)
+    s = np.concatenate([rng.uniform(-1, 1, 2000), rng.uniform(-1, 1, 200).astype(np.float32).astype(np.float64),
+                        [1.0, -1.0, 0.0, 1 - 2**-25, 2**-30, -(2**-30)]])
+    theta = A.key_thresholds(s)
+    key = lambda v: np.float32(1) - np.asarray(v, dtype=np.float64).astype(np.float32)  # noqa: E731
+    for scale in (1e-6, 1e-8, 1e-10):
+        t = np.clip(s + rng.normal(scale=scale, size=len(s)), -1, 1)
+        np.testing.assert_array_equal(t > theta, key(t) < key(s))
+    np.testing.assert_array_equal(theta >= s, np.ones(len(s), bool))
+    nxt = np.nextafter(theta, np.inf)
+    assert (key(nxt) < key(s)).all() and (key(theta) >= key(s)).all()   # θ is the last value ranking with s
