@@ -204,11 +204,11 @@ def run_task(well: pd.DataFrame, pert: pd.DataFrame, task: str, *, negatives: st
                         null_size=null_size, seed=seed, threshold=threshold,
                         query_mask=np.concatenate([is_query, np.zeros(len(c), dtype=bool)]),
                         source=source, **ap_kwargs)
-    mp = res.map
-    mp = mp[mp[key].isin(ok_targets) | mp["mean_average_precision"].notna()].reset_index(drop=True)
-    summ = summarize_map(mp, threshold)
+    # targets whose queries have no sibling (e.g. a compound alone on its target) stay listed as
+    # skipped groups ("no positive pairs"), never silently dropped
+    summ = summarize_map(res.map, threshold)
     summ["skip_reason"] = ""
-    return summ, mp
+    return summ, res.map
 
 
 def condition_label(values: Sequence, cols: Sequence[str]) -> str:
