@@ -175,3 +175,29 @@ def test_cellprofiler_backend_and_materialized_illumination(tmp_path, resources_
     first = corrected.iloc[0]
     assert Path(first["PathName_OrigDNA"], first["FileName_OrigDNA"]).exists() or \
         (tmp_path / first["PathName_OrigDNA"] / first["FileName_OrigDNA"]).exists()
+
+
+def _arm_config(tmp_path, resources_dir, correct=None):
+    cfg = {"resources": {"dir": str(resources_dir), "offline": True},
+           "datasets": {"rx": {"loader": "pattern", "image_root": "data/rx",
+                               "pattern": r"(?P<plate>[^/]+)/(?P<well>[A-Z]+\d+)_s(?P<site>\d+)_w(?P<channel>\d)\.png",
+                               "channels": {"1": "DNA", "2": "ER", "3": "AGP", "4": "RNA", "5": "Mito"}}},
+           "corrections": ["tvn+arm"]}
+    if correct:
+        cfg["correct"] = correct
+    return write_config(tmp_path / "arm.yaml", cfg)
+
+
+def test_arm_needs_the_screens_expression_table(tmp_path, resources_dir):
+    """+arm on a real screen: its cell line's expression table (correct.expression), never U2OS
+    silently; without one, a message naming the key."""
+    target = "results/rx/profiles/random/tvn+arm/perturbation.parquet"
+    res = snakemake(tmp_path, "-n", target, configfile=_arm_config(tmp_path, resources_dir))
+    msg = res.stdout + res.stderr
+    assert res.returncode != 0 and "correct.expression.rx" in msg and "u2os_zfpkm" not in msg
+    table = tmp_path / "huvec_zfpkm.tsv"
+    table.write_text("gene\tzfpkm\nA\t-4\n")
+    res = snakemake(tmp_path, "-n", target, configfile=_arm_config(tmp_path, resources_dir,
+                                                                      {"expression": {"rx": str(table)}}))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"--zfpkm {table}" in res.stdout + res.stderr
