@@ -137,17 +137,21 @@ def _floyd_bitmap_null(null_size: int, n_pos: int, total: int, seed: int, budget
         m = min(rows, s - s0)
         bm = np.zeros(m * stride, dtype=np.uint8)
         base = np.arange(m, dtype=np.intp) * stride
-        pos = np.empty((m, k), dtype=pos_dtype)
+        pos = np.empty((k, m), dtype=pos_dtype)             # step-major: each step writes one row
         for t in range(k):
             j = total - k + t
             r = ((words[t, s0:s0 + m].astype(np.uint64) * np.uint64(j + 1)) >> np.uint64(32)).astype(np.intp)
-            hit = ((bm[base + (r >> 3)] >> (r & 7).astype(np.uint8)) & 1).astype(bool)
-            r[hit] = j
             byte = base + (r >> 3)
-            bm[byte] |= (np.uint8(1) << (r & 7).astype(np.uint8))
-            pos[:, t] = r
-        pos.sort(axis=1)
-        out[s0:s0 + m] = _ap_from_positions(list(pos.T), total)
+            bit = np.left_shift(np.uint8(1), (r & 7).astype(np.uint8))
+            hit = (bm[byte] & bit) != 0
+            if hit.any():
+                r[hit] = j
+                byte[hit] = base[hit] + (j >> 3)
+                bit[hit] = np.uint8(1 << (j & 7))
+            bm[byte] |= bit
+            pos[t] = r
+        pos.sort(axis=0)                                    # each list's positions, ascending
+        out[s0:s0 + m] = _ap_from_positions(list(pos), total)
     return out
 
 
