@@ -233,3 +233,23 @@ def test_batch_correction_table_has_the_papers_rows_in_order(tmp_path):
 
     batch_correction_heatmap(bc, tmp_path / "bc.png")
     assert (tmp_path / "bc.png").stat().st_size > 5000
+
+
+def test_guides_are_aggregated_to_genes_for_recall():
+    """Several CRISPR guides per gene: one profile per gene (spherical mean of the guides) for the
+    known-relationship map; ORF rows are not CRISPR; several conditions are an error."""
+    from morphobench.evaluate.stages import gene_profiles
+
+    rng = np.random.default_rng(0)
+    rows = [{"Metadata_Perturbation": f"{g}_{k}", "Metadata_PertType": "trt", "Metadata_Gene": g}
+            for g in ("A", "B", "C") for k in (1, 2)]
+    rows.append({"Metadata_Perturbation": "A_orf", "Metadata_PertType": "trt", "Metadata_Gene": "A",
+                 "Metadata_Modality": "orf"})
+    pert = pd.concat([pd.DataFrame(rows), pd.DataFrame(rng.standard_normal((7, 5)), columns=list("vwxyz"))], axis=1)
+    genes = gene_profiles(pert, "p")
+    assert list(genes["Metadata_Gene"]) == ["A", "B", "C"] and (genes["Metadata_Count"] == 2).all()
+    a = pert.loc[[0, 1], list("vwxyz")].to_numpy()
+    sph = (a / np.linalg.norm(a, axis=1, keepdims=True)).mean(0)
+    np.testing.assert_allclose(genes.loc[0, list("vwxyz")].to_numpy(float), sph / np.linalg.norm(sph), atol=1e-12)
+    with pytest.raises(MorphobenchError, match="several conditions"):
+        gene_profiles(pert.assign(Metadata_CellType=["U2OS", "A549"] * 3 + ["U2OS"]), "p")

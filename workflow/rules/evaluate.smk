@@ -45,6 +45,7 @@ rule known_relationships_part:
         annotations=as_json({s: f"{RES}/annotations/{s}.csv" for s in KR["sources"]}),
         gene_sets=as_json(KR["gene_sets"]),
         gene_set_null=KR["gene_set_null"],
+        aggregation=config["aggregate"]["perturbation"],
         seed=config["seed"],
     log:
         "logs/{dataset}/eval/{method}/{correction}/known_relationships.log",
@@ -61,7 +62,7 @@ rule known_relationships_part:
         "--annotations {params.annotations} --gene-sets {params.gene_sets} --gene-set-null {params.gene_set_null} "
         "--key {params.key} "
         "--out-known {output.known} --out-curve {output.curve} --out-sets {output.sets} "
-        "--seed {params.seed} 2> {log}"
+        "--aggregation {params.aggregation} --seed {params.seed} 2> {log}"
 
 
 rule retrieval_part:

@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--out-curve", required=True)
     k.add_argument("--out-sets", required=True)
     k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--aggregation", default="spherical_mean", choices=["spherical_mean", "mean", "median"],
+                   help="guides → gene when a gene has several CRISPR perturbations")
     r = sub.add_parser("retrieval")
     r.add_argument("--well", required=True)
     r.add_argument("--pert", required=True)
@@ -103,7 +105,7 @@ def _dispatch(args, stages) -> None:
         stages.known_relationships(args.pert, json.loads(args.annotations), json.loads(args.key),
                                    args.out_known, args.out_curve, args.out_sets,
                                    gene_sets=json.loads(args.gene_sets), gene_set_null=args.gene_set_null,
-                                   seed=args.seed)
+                                   seed=args.seed, aggregation=args.aggregation)
     elif args.cmd == "retrieval":
         stages.retrieval_stage(args.well, args.pert, json.loads(args.key), args.tasks, args.out,
                                args.detail_dir, null_size=args.null_size, seed=args.seed,

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from morphobench.data.tables import gene_rows
 from morphobench.io import MorphobenchError, read_table, write_parquet, write_provenance, write_tsv
 
 log = logging.getLogger("morphobench.evaluate")
@@ -46,17 +45,30 @@ def _keyed(df: pd.DataFrame, key: Mapping[str, str]) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------
 # known relationships
 # ------------------------------------------------------------------------------------------
-def gene_profiles(pert: pd.DataFrame, source: str) -> pd.DataFrame:
-    """One row per CRISPR gene (``Metadata_Gene``) from a perturbation-level table."""
+def gene_profiles(pert: pd.DataFrame, source: str, aggregation: str = "spherical_mean",
+                  condition: Sequence[str] = ("Metadata_CellType", "Metadata_Modality", "Metadata_Timepoint"),
+                  ) -> pd.DataFrame:
+    """One row per CRISPR gene (``Metadata_Gene``) from a perturbation-level table: the CRISPR
+    rows (not ORFs, not compounds); a gene with several perturbations (guides) is aggregated by
+    gene ("aggregating them by gene", MAE-CVPR Table 3) with ``aggregation`` (the spherical mean
+    of the guides' profiles by default). Genes in several conditions are an error (recall takes
+    one map: select a condition first)."""
+    from morphobench.correct.stage import crispr_rows
+    from morphobench.data.aggregate import aggregate
+
     if "Metadata_Gene" not in pert.columns:
         raise MorphobenchError(f"{source}: no Metadata_Gene column; known-relationship recall needs gene profiles")
-    genes = pert.loc[gene_rows(pert)].reset_index(drop=True)
+    genes = pert.loc[crispr_rows(pert)].reset_index(drop=True)
     if genes.empty:
         raise MorphobenchError(f"{source}: no CRISPR gene perturbations (PertType trt with Metadata_Gene)")
-    dup = genes["Metadata_Gene"].duplicated()
-    if dup.any():
-        raise MorphobenchError(f"{source}: genes with several perturbations {sorted(genes.loc[dup, 'Metadata_Gene'])[:5]}; "
-                               "aggregate guides to genes first")
+    varying = [c for c in condition if c in genes.columns and genes[c].nunique(dropna=False) > 1]
+    if varying:
+        raise MorphobenchError(f"{source}: the CRISPR profiles span several conditions ({varying}); known-relationship "
+                               "recall needs one map per condition (select one condition's wells)")
+    if genes["Metadata_Gene"].duplicated().any():
+        n_rows, n_genes = len(genes), genes["Metadata_Gene"].nunique()
+        genes = aggregate(genes, ["Metadata_Gene"], aggregation, source=f"{source} (guides → genes)")
+        log.info("%s: %d CRISPR perturbations aggregated to %d genes (%s)", source, n_rows, n_genes, aggregation)
     return genes
 
 
@@ -68,7 +80,8 @@ def known_relationships(pert_path: str | os.PathLike, annotations: Mapping[str, 
                         key: Mapping[str, str], out_known: str | os.PathLike, out_curve: str | os.PathLike,
                         out_sets: str | os.PathLike, gene_sets: Mapping[str, Sequence[str] | str] | None = None,
                         percentiles: Sequence[float] = tuple(p / 100 for p in range(1, 21)),
-                        fpr: float = 0.05, gene_set_null: str = "unannotated", seed: int = 0) -> None:
+                        fpr: float = 0.05, gene_set_null: str = "unannotated", seed: int = 0,
+                        aggregation: str = "spherical_mean") -> None:
     """Recall of annotated pairs (EFAAR semantics) per source, the recall curve, and StringDB
     recall at ``fpr`` within each gene set (a list of genes, a gene-set file, or ``"all"``: every
     gene of the map), the FPR taken over the set's non-annotated pairs (``gene_set_null``)."""
@@ -76,7 +89,7 @@ def known_relationships(pert_path: str | os.PathLike, annotations: Mapping[str, 
     from morphobench.resources import load_annotation, resolve_gene_set
 
     pert = read_table(pert_path, what="perturbation profiles")
-    genes = gene_profiles(pert, str(pert_path))
+    genes = gene_profiles(pert, str(pert_path), aggregation=aggregation)
     rels = {src: load_annotation(path, None) for src, path in annotations.items()}
     tab = known_relationship_recall(genes, rels, threshold_pairs=[(0.05, 0.95), (0.10, 0.90)], seed=seed,
                                     source=str(pert_path))
