@@ -201,3 +201,8 @@ def test_arm_needs_the_screens_expression_table(tmp_path, resources_dir):
                                                                       {"expression": {"rx": str(table)}}))
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"--zfpkm {table}" in res.stdout + res.stderr
+    # missing_expression: skip — the plan has no +arm job for the screen (recorded as skipped rows)
+    res = snakemake(tmp_path, "-n", "results/jump_retrieval.tsv", "--quiet", "rules",
+                    configfile=_arm_config(tmp_path, resources_dir, {"missing_expression": "skip"}))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "tvn+arm" not in res.stdout + res.stderr

@@ -8,9 +8,10 @@ def eval_key(w):
 
 
 def eval_combos(methods=None, corrections=None, datasets=None):
-    """(dataset, method, correction) triples configured for the evaluations."""
+    """(dataset, method, correction) triples configured for the evaluations (+arm corrections of
+    datasets without an expression table left out when correct.missing_expression is skip)."""
     return [(d, m, c) for d in (datasets or DATASETS) for m in (methods or config["methods"])
-            for c in (corrections or config["corrections"])]
+            for c in (corrections or config["corrections"]) if not (c.endswith("+arm") and arm_skipped(d))]
 
 
 def eval_parts(table, combos):
@@ -156,9 +157,7 @@ GATHER = {
     "cp_regression": eval_parts("cp_regression", eval_combos(methods=CPR["methods"])),
     "batch_correction_recall": eval_parts(
         "known_relationships",
-        [(d, m, c) for d, m, c in eval_combos(methods=[BC["method"]], corrections=BC["corrections"],
-                                               datasets=gene_datasets())
-         if not (c.endswith("+arm") and arm_skipped(d))]),
+        eval_combos(methods=[BC["method"]], corrections=BC["corrections"], datasets=gene_datasets())),
 }
 
 
