@@ -129,3 +129,33 @@ def test_bad_input_is_rejected_with_clear_errors():
                       split)
     with pytest.raises(MorphobenchError, match="model"):
         cp_regression(emb, cp, split, model="lasso")
+
+
+def test_stage_normalizes_targets_per_plate_on_controls(tmp_path):
+    """The stage regresses onto CellProfiler features standardized per plate on their negative
+    controls (default) — a held-out experiment's plate offsets are not part of the targets."""
+    from morphobench.correct import apply_correction
+    from morphobench.evaluate.stages import cp_regression_stage
+
+    emb, cp = _data()
+    ctrl = np.tile(np.arange(40) < 8, 4)
+    cp = cp.assign(Metadata_PertType=np.where(ctrl, "negcon", "trt"))
+    shift = cp["Metadata_Plate"].map({"P0": 0.0, "P1": 5.0, "P2": -3.0, "P3": 9.0}).to_numpy()
+    cp["Cells_AreaShape_Area"] += shift                                   # plate offsets in a target
+    split = experiment_split(emb[["Metadata_Batch", "Metadata_Plate"]].drop_duplicates(), seed=0)
+    emb.to_parquet(tmp_path / "e.parquet")
+    cp.to_parquet(tmp_path / "c.parquet")
+    split.to_csv(tmp_path / "s.tsv", sep="\t", index=False)
+    key = {"dataset": "d", "method": "m", "correction": "none"}
+    cp_regression_stage(tmp_path / "e.parquet", tmp_path / "c.parquet", tmp_path / "s.tsv", key, tmp_path / "o.tsv")
+    got = pd.read_csv(tmp_path / "o.tsv", sep="\t").set_index("feature")
+    norm = apply_correction(cp, "standardize_plate").drop(columns="Metadata_PertType")
+    ref = cp_regression(emb, norm, split).set_index("feature")
+    np.testing.assert_allclose(got.loc[ref.index, "r2"], ref["r2"], rtol=0, atol=1e-9)   # TSV: 10 digits
+    cp_regression_stage(tmp_path / "e.parquet", tmp_path / "c.parquet", tmp_path / "s.tsv", key, tmp_path / "raw.tsv",
+                        target_normalization="none")
+    raw = pd.read_csv(tmp_path / "raw.tsv", sep="\t").set_index("feature")
+    assert raw.loc["Cells_AreaShape_Area", "r2"] < got.loc["Cells_AreaShape_Area", "r2"]
+    with pytest.raises(MorphobenchError, match="target_normalization"):
+        cp_regression_stage(tmp_path / "e.parquet", tmp_path / "c.parquet", tmp_path / "s.tsv", key,
+                            tmp_path / "x.tsv", target_normalization="robust")

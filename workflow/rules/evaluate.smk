@@ -133,6 +133,7 @@ rule cp_regression_part:
         key=eval_key,
         model=CPR["model"],
         categories=" ".join(CPR["categories"]),
+        tnorm=CPR["target_normalization"],
     log:
         "logs/{dataset}/eval/{method}/{correction}/cp_regression.log",
     benchmark:
@@ -146,7 +147,7 @@ rule cp_regression_part:
     shell:
         "python -m morphobench.evaluate cp-regression --emb-well {input.emb} --cp-well {input.cp} "
         "--split {input.split} --key {params.key} --model {params.model} --categories {params.categories} "
-        "--out {output} 2> {log}"
+        "--target-normalization {params.tnorm} --out {output} 2> {log}"
 
 
 GATHER = {

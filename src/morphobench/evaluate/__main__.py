@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True)
     c.add_argument("--model", default="ols", choices=["ols", "ridge"])
     c.add_argument("--categories", nargs="+", help="CellProfiler categories of the targets (default: the paper's five)")
+    c.add_argument("--target-normalization", default="standardize_plate",
+                   choices=["standardize_plate", "center_plate", "none"],
+                   help="targets normalized per plate on their negative controls (default) or raw")
     g = sub.add_parser("gather")
     g.add_argument("--parts", nargs="+", required=True)
     g.add_argument("--out", required=True)
@@ -116,7 +119,8 @@ def _dispatch(args, stages) -> None:
         stages.cp_split_stage(args.cp_well, args.out, args.heldout_fraction, args.seed, args.holdout)
     elif args.cmd == "cp-regression":
         stages.cp_regression_stage(args.emb_well, args.cp_well, args.split, json.loads(args.key), args.out,
-                                   model=args.model, categories=args.categories)
+                                   model=args.model, categories=args.categories,
+                                   target_normalization=args.target_normalization)
     elif args.cmd == "gather":
         stages.gather(args.parts, args.out, args.config_hash)
     elif args.cmd == "cp-summary":

@@ -157,12 +157,22 @@ def cp_split_stage(cp_well_path: str | os.PathLike, out: str | os.PathLike, held
 def cp_regression_stage(emb_well_path: str | os.PathLike, cp_well_path: str | os.PathLike,
                         split_path: str | os.PathLike, key: Mapping[str, str],
                         out: str | os.PathLike, model: str = "ols",
-                        categories: Sequence[str] | None = None) -> None:
-    """R² per CellProfiler target feature (``categories``; default the paper's five)."""
+                        categories: Sequence[str] | None = None,
+                        target_normalization: str = "standardize_plate") -> None:
+    """R² per CellProfiler target feature (``categories``; default the paper's five). The targets
+    are the well-level CellProfiler features normalized per plate on their negative controls
+    (``target_normalization``: ``standardize_plate`` (default), ``center_plate`` or ``none``) —
+    the paper is silent; without it the held-out experiment's batch offsets dominate R²."""
+    from morphobench.correct.methods import apply_correction
     from morphobench.evaluate.cp_regression import PAPER_CATEGORIES, cp_regression
 
+    if target_normalization not in ("standardize_plate", "center_plate", "none"):
+        raise MorphobenchError("cp_regression.target_normalization must be standardize_plate | center_plate | none, "
+                               f"got {target_normalization!r}")
     emb = read_table(emb_well_path, what="embedding well profiles")
     cp = read_table(cp_well_path, what="CellProfiler well profiles")
+    if target_normalization != "none":
+        cp = apply_correction(cp, target_normalization, source=f"{cp_well_path} (targets)")
     split = read_table(split_path, what="plate split")
     keep_meta = ["Metadata_Plate", "Metadata_Well"]
     emb = emb[keep_meta + [c for c in emb.columns if not c.startswith("Metadata_")]]
