@@ -115,11 +115,12 @@ def test_tiny_config_runs_end_to_end(tmp_path, resources_dir):
         assert col in retr.columns
     tasks = ["perturbation", "sibling_compound", "sibling_compound_gene", "sibling_compound_orf", "sibling_guide"]
     assert (retr["null_size"] == 2000).all() and set(retr["task"]) == set(tasks)
-    # one condition ("all") + the mean ± sd row per task that applies; a recorded row otherwise
+    # the simulated screen is one condition (Metadata_CellType U2OS): its row + the mean ± sd row per
+    # task that applies to it; tasks without any query (ORF, guides) are one recorded row
     per = retr.groupby(["method", "correction", "task"])["condition"].apply(list)
     assert len(per) == len(methods) * len(corrections) * len(tasks)
-    assert all(c in (["all", "mean ± sd"], ["all"]) for c in per)
-    assert all(c == ["all", "mean ± sd"] for c in per.xs("perturbation", level="task"))
+    assert all(c == ["CellType=U2OS", "mean ± sd"] for c in per.xs("perturbation", level="task"))
+    assert all(len(c) == 1 or c[-1] == "mean ± sd" for c in per)
     detail = pd.read_parquet(res / "retrieval" / "simulated" / "cellprofiler" / "tvn" / "perturbation.parquet")
     assert detail["mean_average_precision"].between(0, 1).all()
     cpr = pd.read_csv(res / "cp_regression.tsv", sep="\t")
