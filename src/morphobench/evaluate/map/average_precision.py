@@ -308,7 +308,9 @@ def _symmetric_group_ap(xg: np.ndarray, members: np.ndarray, na: int, pos_def: P
         thr[s0 + qi, slot] = key_thresholds(ps[order])
     runs = _SubRuns(neg_def.sub[members]) if neg_def.has_diff else None
     rest = [code[members] for code in neg_def.rest]
-    t = max(1, opts.tile)
+    # tiles of at most opts.tile rows, smaller for small groups (the diagonal tiles compute both
+    # triangles: about 12 tiles per side keep that waste under ~5 %)
+    t = max(1, min(opts.tile, max(256, -(-na // 12))))
     rcuts = list(range(0, na, t)) + [na]
     ccuts = rcuts[:-1] + list(range(na, m, t)) + [m]
     rows_t = list(pairwise(rcuts))

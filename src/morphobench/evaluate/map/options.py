@@ -43,7 +43,8 @@ class MapOptions:
         (the dense, sibling-style design), is counted from symmetric tiles of its similarity
         matrix (each pair's similarity computed once, counted for both of its profiles); 0
         disables that path.
-    tile : rows (= columns) of a symmetric tile.
+    tile : rows (= columns) of a symmetric tile, at most (groups of fewer than ~12 tiles per side
+        use smaller ones).
     """
 
     max_entries: int = 2_000_000
