@@ -525,3 +525,16 @@ def test_key_thresholds_decide_rank_keys_exactly():
     np.testing.assert_array_equal(theta >= s, np.ones(len(s), bool))
     nxt = np.nextafter(theta, np.inf)
     assert (key(nxt) < key(s)).all() and (key(theta) >= key(s)).all()   # θ is the last value ranking with s
+
+
+def test_bitmap_nulls_do_not_depend_on_chunks_or_threads(monkeypatch):
+    """Many-positive configurations drawn by Floyd on bitmaps, in chunks of lists run by the
+    worker threads: the same draws whatever the chunking and the thread count."""
+    confs = np.array([[40, 300], [3, 50], [60, 400]])
+    ref = np.stack([M.nulls._floyd_bitmap_null(700, int(k), int(t), 5) for k, t in confs[[0, 2]]])
+    for threads in ("1", "3"):
+        monkeypatch.setenv("MORPHOBENCH_MAP_THREADS", threads)
+        got = M.null_distributions(confs, 700, 5)
+        np.testing.assert_array_equal(got[[0, 2]], ref)
+    small = M.nulls._floyd_bitmap_null(700, 40, 300, 5, budget=64)      # many tiny chunks
+    np.testing.assert_array_equal(small, ref[0])

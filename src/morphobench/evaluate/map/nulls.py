@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from morphobench.evaluate.map.options import _progress, _run_jobs
+from morphobench.evaluate.map.options import _n_threads, _progress, _run_jobs
 from morphobench.io import MorphobenchError
 
 DEFAULT_NULL_SIZE = 10_000
@@ -123,36 +123,51 @@ def _floyd_words(seed: int, n_pos: int, total: int, null_size: int) -> np.ndarra
     return words[:k * s].reshape(k, s)
 
 
+def _floyd_bitmap_rows(words: np.ndarray, s0: int, m: int, n_pos: int, total: int) -> np.ndarray:
+    """Null APs of lists ``s0 … s0+m`` by Floyd's algorithm on one bitmap per list (one bit per
+    position; O(n_pos) vectorized steps); positions collected as drawn, sorted per list."""
+    k = n_pos
+    stride = (total + 7) // 8                      # bytes per list: lists never share a byte
+    bm = np.zeros(m * stride, dtype=np.uint8)
+    base = np.arange(m, dtype=np.intp) * stride
+    pos = np.empty((k, m), dtype=np.int32 if total < 2**31 else np.int64)   # step-major rows
+    for t in range(k):
+        j = total - k + t
+        r = ((words[t, s0:s0 + m].astype(np.uint64) * np.uint64(j + 1)) >> np.uint64(32)).astype(np.intp)
+        byte = base + (r >> 3)
+        bit = np.left_shift(np.uint8(1), (r & 7).astype(np.uint8))
+        hit = (bm[byte] & bit) != 0
+        if hit.any():
+            r[hit] = j
+            byte[hit] = base[hit] + (j >> 3)
+            bit[hit] = np.uint8(1 << (j & 7))
+        bm[byte] |= bit
+        pos[t] = r
+    pos.sort(axis=0)                                        # each list's positions, ascending
+    return _ap_from_positions(list(pos), total)
+
+
+def _bitmap_chunks(null_size: int, total: int, parts: int = 1, budget: int = 1 << 26) -> list[tuple[int, int]]:
+    """(start, length) of the list chunks of a bitmap null: at most ``budget`` bitmap bytes each,
+    and at least ``parts`` chunks (for the worker threads). The draws do not depend on it."""
+    rows = max(1, min(-(-null_size // max(1, parts)), budget // max(1, (total + 7) // 8)))
+    return [(s0, min(rows, null_size - s0)) for s0 in range(0, null_size, rows)]
+
+
 def _floyd_bitmap_null(null_size: int, n_pos: int, total: int, seed: int, budget: int = 1 << 26) -> np.ndarray:
     """Floyd's algorithm as in :func:`_floyd_nulls` (same words, same draws, same positions) for
-    many positives, the drawn set kept as a bitmap per list (one bit per position; O(n_pos)
-    vectorized steps); the drawn positions are collected as drawn and sorted per list."""
-    k, s = n_pos, null_size
-    words = _floyd_words(seed, k, total, s)
-    out = np.empty(s)
-    stride = (total + 7) // 8                      # bytes per list: lists never share a byte
-    rows = max(1, min(s, budget // max(stride, 1)))
-    pos_dtype = np.int32 if total < 2**31 else np.int64
-    for s0 in range(0, s, rows):
-        m = min(rows, s - s0)
-        bm = np.zeros(m * stride, dtype=np.uint8)
-        base = np.arange(m, dtype=np.intp) * stride
-        pos = np.empty((k, m), dtype=pos_dtype)             # step-major: each step writes one row
-        for t in range(k):
-            j = total - k + t
-            r = ((words[t, s0:s0 + m].astype(np.uint64) * np.uint64(j + 1)) >> np.uint64(32)).astype(np.intp)
-            byte = base + (r >> 3)
-            bit = np.left_shift(np.uint8(1), (r & 7).astype(np.uint8))
-            hit = (bm[byte] & bit) != 0
-            if hit.any():
-                r[hit] = j
-                byte[hit] = base[hit] + (j >> 3)
-                bit[hit] = np.uint8(1 << (j & 7))
-            bm[byte] |= bit
-            pos[t] = r
-        pos.sort(axis=0)                                    # each list's positions, ascending
-        out[s0:s0 + m] = _ap_from_positions(list(pos), total)
+    many positives, with a bitmap per list (:func:`_floyd_bitmap_rows`)."""
+    words = _floyd_words(seed, n_pos, total, null_size)
+    out = np.empty(null_size)
+    for s0, m in _bitmap_chunks(null_size, total, budget=budget):
+        out[s0:s0 + m] = _floyd_bitmap_rows(words, s0, m, n_pos, total)
     return out
+
+
+def _uses_bitmap(n_pos: int, total: int, null_size: int) -> bool:
+    """Whether a many-positive configuration is drawn by Floyd on bitmaps (see :func:`_large_null`)."""
+    return (n_pos < total and n_pos * (n_pos - 1) > total
+            and -(-null_size // max(1, (1 << 26) // total)) * n_pos <= 400_000)
 
 
 def _large_null(null_size: int, n_pos: int, total: int, seed: int, chunk: int = 1 << 24) -> np.ndarray:
@@ -164,7 +179,7 @@ def _large_null(null_size: int, n_pos: int, total: int, seed: int, chunk: int = 
     if n_pos == total:
         return np.ones(null_size)
     rng = np.random.Generator(_conf_bitgen(seed, n_pos, total))
-    if n_pos * (n_pos - 1) > total and -(-null_size // max(1, (1 << 26) // total)) * n_pos <= 400_000:
+    if _uses_bitmap(n_pos, total, null_size):
         return _floyd_bitmap_null(null_size, n_pos, total, seed)
     if n_pos * (n_pos - 1) <= total:           # ≲ 40 % of lists need a redraw
         ranks = np.sort(rng.integers(0, total, size=(null_size, n_pos)), axis=1)
@@ -194,16 +209,27 @@ def _fast_nulls(confs: np.ndarray, null_size: int, seed: int, show_progress: boo
         idx = small[confs[small, 0] == k]
         step = max(1, _NULL_BATCH // (int(k) * null_size))
         jobs += [("floyd", int(k), idx[s:s + step]) for s in range(0, len(idx), step)]
-    jobs += [("large", int(confs[i, 0]), np.array([i])) for i in np.flatnonzero(confs[:, 0] > _FLOYD_MAX_POS)]
+    words = {}
+    for i in np.flatnonzero(confs[:, 0] > _FLOYD_MAX_POS):
+        k, total = int(confs[i, 0]), int(confs[i, 1])
+        if _uses_bitmap(k, total, null_size):        # chunks of lists, one job each (threads)
+            words[i] = _floyd_words(seed, k, total, null_size)
+            jobs += [("bitmap", k, np.array([i]), s0, m)
+                     for s0, m in _bitmap_chunks(null_size, total, parts=2 * _n_threads())]
+        else:
+            jobs.append(("large", k, np.array([i])))
 
     def run(job):
-        kind, k, idx = job
+        kind, k, idx = job[:3]
         if kind == "floyd":
             out[idx] = _floyd_nulls(k, confs[idx, 1], null_size, seed)
+        elif kind == "bitmap":
+            s0, m = job[3:]
+            out[idx[0], s0:s0 + m] = _floyd_bitmap_rows(words[idx[0]], s0, m, k, int(confs[idx[0], 1]))
         else:
             out[idx[0]] = _large_null(null_size, k, int(confs[idx[0], 1]), seed)
 
-    jobs.sort(key=lambda j: -len(j[2]) * j[1])      # big batches first (thread balance)
+    jobs.sort(key=lambda j: -len(j[2]) * j[1] * (j[4] if j[0] == "bitmap" else null_size))  # big first
     _run_jobs(run, list(_progress(jobs, "mAP: nulls", show_progress)))
     return out
 
