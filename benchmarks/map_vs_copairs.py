@@ -88,12 +88,12 @@ def definitions(design: str):
 
 def pair_count(meta: pd.DataFrame, design: str) -> int:
     """Exact number of unordered (positive + negative) pairs, via our pair counter."""
-    from morphobench.evaluate.map import _encode_columns, _PairDefinition
+    from morphobench.evaluate.map.pairs import PairDefinition, encode_columns
 
     ps, pd_, ns, nd = definitions(design)
-    codes = _encode_columns(meta, sorted(set(ps + pd_ + ns + nd)), "bench")
+    codes = encode_columns(meta, sorted(set(ps + pd_ + ns + nd)), "bench")
     n = len(meta)
-    return int((_PairDefinition(codes, ps, pd_, n).count.sum() + _PairDefinition(codes, ns, nd, n).count.sum()) // 2)
+    return int((PairDefinition(codes, ps, pd_, n).count.sum() + PairDefinition(codes, ns, nd, n).count.sum()) // 2)
 
 
 def worker(tool: str, n: int, d: int, design: str, null_size: int, null_method: str, repeat: int = 1) -> dict:
@@ -161,7 +161,7 @@ def main(argv=None):
     if a.worker:
         print(json.dumps(worker(a.worker, a.sizes[0], a.dim, a.design, a.null_size, a.null_method, a.repeat)))
         return
-    from morphobench.evaluate.map import _n_threads
+    from morphobench.evaluate.map.options import _n_threads
 
     print(f"mAP benchmark: design={a.design}, dim={a.dim}, null_size={a.null_size}, ours null={a.null_method}, "
           f"ours threads={_n_threads()}, repeat={a.repeat}, cpus={len(os.sched_getaffinity(0))}")

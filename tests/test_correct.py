@@ -165,8 +165,32 @@ def test_arm_needs_more_than_min_genes():
     assert out.attrs["arm_centering"]["arms_corrected"] == ["1p"]
     routed = apply_correction(df, "arm", arm_table=pd.DataFrame({"gene": genes, "arm": arm}), unexpressed_genes=unexp)
     np.testing.assert_allclose(routed[["a", "b", "c"]].to_numpy(), y)
-    with pytest.raises(MorphobenchError, match="duplicates"):
-        arm_centering(pd.concat([df, df.iloc[:1]]), dict(zip(genes, arm, strict=True)), unexp)
+    with pytest.raises(MorphobenchError, match="without a Metadata_Gene"):
+        arm_centering(df.assign(Metadata_Gene=[None] + genes[1:]), dict(zip(genes, arm, strict=True)), unexp)
+
+
+def test_arm_rule_counts_genes_not_rows():
+    """Well-level tables (several rows per gene): an arm qualifies by its number of distinct
+    unexpressed genes (> 20), never by its number of rows; the mean is over the rows (proxbias)."""
+    rng = np.random.default_rng(5)
+    genes = [f"g{i}" for i in range(40)]
+    arm = dict(zip(genes, ["1p"] * 21 + ["1q"] * 19, strict=True))
+    # 1p: 21 genes x 2 wells; 1q: 19 genes x 3 wells = 57 rows (> 20 rows, but only 19 genes)
+    reps = [2] * 21 + [3] * 19
+    g = np.repeat(genes, reps)
+    df = pd.DataFrame(rng.normal(size=(len(g), 4)) + 3, columns=list("abcd"))
+    df.insert(0, "Metadata_Gene", g)
+    out = arm_centering(df, arm, genes)
+    x, y = df[list("abcd")].to_numpy(), out[list("abcd")].to_numpy()
+    on_p = df["Metadata_Gene"].map(arm).eq("1p").to_numpy()
+    np.testing.assert_allclose(y[on_p], x[on_p] - x[on_p].mean(0))
+    np.testing.assert_array_equal(y[~on_p], x[~on_p])
+    info = out.attrs["arm_centering"]
+    assert info["arms_corrected"] == ["1p"] and info["n_genes_corrected"] == 21 and info["n_rows_corrected"] == 42
+    assert info["unexpressed_genes_per_arm"] == {"1p": 21, "1q": 19}
+    # gene level (one row per gene): the same rule is proxbias' row count
+    gene_level = df.groupby("Metadata_Gene", sort=False).mean().reset_index()
+    assert arm_centering(gene_level, arm, genes).attrs["arm_centering"]["arms_corrected"] == ["1p"]
 
 
 def test_tvn_rank_deficient_controls_drop_null_components():

@@ -35,7 +35,10 @@ def test_all_figures_render(tmp_path):
                          "mAP_sem": [0.01, 0.05, 0.02, 0.04], "fraction_retrieved": [0.0, 0.8, 0.0, 0.4]})
     summ = pd.DataFrame({"method": ["random", "pixel_stats"] * 2, "correction": "none",
                          "category": ["AreaShape"] * 2 + ["Intensity"] * 2, "median_r2": [0.0, 0.4, -0.1, 0.6]})
+    retr_cond = pd.concat([retr.assign(condition=c, mAP_sd=0.05, fraction_retrieved_sd=0.1)
+                           for c in ("CellType=U2OS", "CellType=A549", "mean ± sd")])
     outs = {
+        "retrieval_cond.png": lambda p: plots.retrieval_bars(retr_cond, p),
         "curve.png": lambda p: plots.recall_curves(curve, p),
         "bymethod.png": lambda p: plots.recall_by_method(known, p),
         "retrieval.png": lambda p: plots.retrieval_bars(retr, p),

@@ -68,21 +68,20 @@ DEFINITIONS = {
 }
 
 
-@pytest.fixture(params=["auto", "dense", "entries"])
-def neg_path(request, monkeypatch):
-    """Negatives as dense GEMM blocks (forced), as entry lists (forced), or chosen per block."""
-    if request.param == "dense":
-        monkeypatch.setattr(M, "_DENSE_MIN_ENTRIES", 0)
-    elif request.param == "entries":
-        monkeypatch.setattr(M, "_NEG_DENSE", False)
-    return request.param
+@pytest.fixture(params=["auto", "dense", "entries", "symmetric"])
+def neg_path(request):
+    """Engine options: negatives as dense GEMM blocks (forced), as entry lists (forced), from
+    symmetric tiles (forced, small tiles), or chosen per block."""
+    return {"auto": None, "dense": M.MapOptions(dense_min_entries=0),
+            "entries": M.MapOptions(neg_dense=False),
+            "symmetric": M.MapOptions(symmetric_min=1, tile=37)}[request.param]
 
 
 @pytest.mark.parametrize("quant", [None, 1, 4], ids=["continuous", "ties_q1", "ties_q4"])
 @pytest.mark.parametrize("definition", list(DEFINITIONS))
 def test_ap_equals_copairs(definition, quant, neg_path):
     meta, x = screen(quant=quant, d=6 if quant else 16)
-    _cmp_ap(meta, x, DEFINITIONS[definition])
+    _cmp_ap(meta, x, DEFINITIONS[definition], options=neg_path)
 
 
 def test_skewed_groups_and_small_blocks_equal_copairs(neg_path):
@@ -96,20 +95,22 @@ def test_skewed_groups_and_small_blocks_equal_copairs(neg_path):
     meta = pd.concat([small, big], ignore_index=True)
     meta[REF] = np.where(meta["Metadata_PertType"] == "negcon", np.arange(len(meta)), -1)
     x = np.vstack([xs, xb])
-    _cmp_ap(meta, x, REPLICATE_ARGS, max_entries=2000)
+    _cmp_ap(meta, x, REPLICATE_ARGS, max_entries=2000, options=neg_path)
 
 
 @pytest.mark.parametrize("definition", list(DEFINITIONS))
-def test_negative_paths_and_gram_agree(definition, monkeypatch):
+def test_negative_paths_and_gram_agree(definition):
     """Dense negative blocks, entry lists, and Gram vs row-wise positives give the same APs."""
     meta, x = screen(n_plates=3, n_pert=50, n_ctrl=30, seed=21)
     args = DEFINITIONS[definition]
-    monkeypatch.setattr(M, "_DENSE_MIN_ENTRIES", 0)
-    dense = M.average_precision(meta, x, *args, no_negatives="keep")["average_precision"].to_numpy()
-    monkeypatch.setattr(M, "_NEG_DENSE", False)
-    entries = M.average_precision(meta, x, *args, no_negatives="keep")["average_precision"].to_numpy()
-    monkeypatch.setattr(M, "_GRAM_MAX", 0)
-    rowwise = M.average_precision(meta, x, *args, no_negatives="keep")["average_precision"].to_numpy()
+
+    def ap(**opts):
+        return M.average_precision(meta, x, *args, no_negatives="keep",
+                                   options=M.MapOptions(symmetric_min=0, **opts))["average_precision"].to_numpy()
+
+    dense = ap(dense_min_entries=0)
+    entries = ap(neg_dense=False)
+    rowwise = ap(neg_dense=False, gram_max=0)
     np.testing.assert_allclose(dense, entries, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(entries, rowwise)       # Gram entries are the same dot products
 
@@ -142,19 +143,17 @@ def test_blocks_and_backends_do_not_change_results():
 
 @pytest.mark.parametrize("definition", ["replicates_vs_plate_negcon", "dense_negatives", "target_siblings"])
 @pytest.mark.parametrize("algo", ["compare", "sort"])
-def test_both_ap_algorithms_equal_copairs(definition, algo, monkeypatch):
-    monkeypatch.setattr(M, "_AP_METHOD", algo)
+def test_both_ap_algorithms_equal_copairs(definition, algo):
     meta, x = screen(quant=1, d=4, seed=13)
-    _cmp_ap(meta, x, DEFINITIONS[definition])
+    _cmp_ap(meta, x, DEFINITIONS[definition], options=M.MapOptions(ap_method=algo))
 
 
-def test_gemm_path_equals_gather_path(monkeypatch):
+def test_gemm_path_equals_gather_path():
     meta, x = screen(n_plates=2, n_pert=60, n_ctrl=40, seed=2)
     a = M.average_precision(meta, x, *REPLICATE_ARGS, no_negatives="keep")
-    monkeypatch.setattr(M, "_GEMM_MIN_ENTRIES", 10**12)
-    b = M.average_precision(meta, x, *REPLICATE_ARGS, no_negatives="keep")
-    monkeypatch.setattr(M, "_GEMM_MIN_ENTRIES", 1)
-    c = M.average_precision(meta, x, *REPLICATE_ARGS, no_negatives="keep")
+    b = M.average_precision(meta, x, *REPLICATE_ARGS, no_negatives="keep",
+                            options=M.MapOptions(gemm_min_entries=10**12))
+    c = M.average_precision(meta, x, *REPLICATE_ARGS, no_negatives="keep", options=M.MapOptions(gemm_min_entries=1))
     np.testing.assert_allclose(a["average_precision"], b["average_precision"], atol=1e-12)
     np.testing.assert_allclose(a["average_precision"], c["average_precision"], atol=1e-12)
 
@@ -204,7 +203,7 @@ def test_fast_null_has_copairs_distribution(k, m):
     ref = M.null_distributions(np.array([[k, m]]), n, 3, method="copairs")[0]
     exact = cp_compute.random_ap(n, k, m, 5)
     np.testing.assert_array_equal(ref, cp_compute.random_ap(n, k, m, np.random.default_rng(3).integers(8096, size=1)[0]))
-    mu0 = M._expected_ap(np.array([k]), np.array([m]))[0]
+    mu0 = M.expected_ap(np.array([k]), np.array([m]))[0]
     sd = exact.std()
     assert abs(fast.mean() - mu0) < 5 * sd / np.sqrt(n) + 1e-6
     assert abs(fast.std() - sd) < 0.1 * sd + 1e-6
@@ -249,7 +248,7 @@ def _frac_ap(pos) -> Fraction:
 
 def _floyd_positions(seed, k, total, size):
     """The fast null's draws, re-derived in plain Python (Floyd's algorithm on its words)."""
-    words = M._floyd_words(seed, k, total, size)
+    words = M.nulls._floyd_words(seed, k, total, size)
     out = []
     for s in range(size):
         chosen = []
@@ -277,8 +276,8 @@ def test_fast_p_values_equal_exact_reference_with_ties():
     p_fast = M.ap_p_values(ours, size, seed)
     m_fast = M.mean_average_precision(ours, ["Metadata_Perturbation"], size, seed)
     # the engine's own draws, as floats, equal the exact APs of the re-derived rank lists
-    valid = M._valid_mask(ours)
-    confs, _ = M._conf_table(ours, valid)
+    valid = M.nulls._valid_mask(ours)
+    confs, _ = M.nulls._conf_table(ours, valid)
     table = M.null_table(ours, size, seed)
     nulls = {}
     for k, total in confs.tolist():
@@ -321,16 +320,16 @@ def test_fast_p_values_equal_plain_reference_on_same_draws():
     p = M.ap_p_values(ap, size, 3, nulls=table)
     mp = M.mean_average_precision(ap, ["Metadata_Perturbation"], size, 3, nulls=table)
     np.testing.assert_array_equal(p, M.ap_p_values(ap, size, 3))           # same draws either way
-    valid = M._valid_mask(ap)
+    valid = M.nulls._valid_mask(ap)
     for i in np.flatnonzero(valid):
         k, total = int(ap.at[i, "n_pos_pairs"]), int(ap.at[i, "n_total_pairs"])
-        ref = np.count_nonzero(table[(k, total)] >= ap.at[i, "average_precision"] - M._tie_eps(k + 2))
+        ref = np.count_nonzero(table[(k, total)] >= ap.at[i, "average_precision"] - M.significance._tie_eps(k + 2))
         assert p[i] == (1 + ref) / (1 + size)
     for _, row in mp[mp["p_value"].notna()].iterrows():
         mem = ap[valid & (ap["Metadata_Perturbation"] == row["Metadata_Perturbation"]).to_numpy()]
         k, t = mem["n_pos_pairs"].to_numpy(), mem["n_total_pairs"].to_numpy()
         mean = np.mean([table[(int(a), int(b))] for a, b in zip(k, t, strict=True)], axis=0)
-        eps = M._tie_eps(k.max() + len(mem) + 1)
+        eps = M.significance._tie_eps(k.max() + len(mem) + 1)
         ref = np.count_nonzero(mean > row["mean_average_precision"] + eps)
         assert row["p_value"] == (1 + ref) / (1 + size), row["Metadata_Perturbation"]
 
@@ -349,21 +348,21 @@ def test_fast_counts_equal_plain_float_reference():
     sums = np.add.reduceat(null[member, 7], starts)
     maps = np.where(rng.random(len(sizes)) < 0.5, sums / sizes, rng.random(len(sizes)) * 0.6)
     maps[::7] += 1e-13
-    got = M._group_null_counts(null, member, sizes, maps, confs[:, 0])
+    got = M.significance._group_null_counts(null, member, sizes, maps, confs[:, 0])
     for g in range(len(sizes)):
         mem = member[starts[g]:starts[g] + sizes[g]]
-        eps = M._tie_eps(confs[mem, 0].max() + sizes[g] + 1)
+        eps = M.significance._tie_eps(confs[mem, 0].max() + sizes[g] + 1)
         tot = null[mem].sum(axis=0)
         assert got[g] == np.count_nonzero(tot > sizes[g] * (maps[g] + eps)), g
     for c in range(len(confs)):
         t = np.concatenate([null[c, :40], null[c, :10] + 1e-13, null[c, :10] - 1e-13, rng.random(20), [0, 1, -1, 2]])
-        np.testing.assert_array_equal(M._count_at_least(null[c], t), (null[c][None, :] >= t[:, None]).sum(axis=1))
+        np.testing.assert_array_equal(M.significance._count_at_least(null[c], t), (null[c][None, :] >= t[:, None]).sum(axis=1))
 
 
 def test_floyd_batches_and_bitmaps_draw_the_same_lists():
     for k, total in [(1, 5), (3, 7), (5, 40), (8, 8), (6, 1000)]:
-        a = M._floyd_nulls(k, np.array([total]), 500, 3)[0]
-        b = M._floyd_bitmap_null(500, k, total, 3, budget=1 << 12)
+        a = M.nulls._floyd_nulls(k, np.array([total]), 500, 3)[0]
+        b = M.nulls._floyd_bitmap_null(500, k, total, 3, budget=1 << 12)
         np.testing.assert_array_equal(a, b)
     ref = [_frac_ap(p) for p in _floyd_positions(2, 30, 90, 50)]
     np.testing.assert_allclose(M.null_distributions(np.array([[30, 90]]), 50, 2)[0], [float(f) for f in ref],
@@ -467,15 +466,16 @@ def test_plate_without_negcon_errors_or_is_recorded(neg_path):
     meta[REF] = np.where(meta["Metadata_PertType"] == "negcon", np.arange(len(meta)), -1)
     with pytest.raises(MorphobenchError, match="P1"):
         M.replicate_retrieval(_df(meta, x), null_size=50)
-    res = M.replicate_retrieval(_df(meta, x), null_size=50, on_missing_negcon="skip")
+    res = M.replicate_retrieval(_df(meta, x), null_size=50, on_missing_negcon="skip", options=neg_path)
     p1 = res.ap[(res.ap["Metadata_Plate"] == "P1") & (res.ap["n_pos_pairs"] > 0)]
     assert len(p1) and p1["average_precision"].isna().all()
     assert (p1["skip_reason"] == "no negative pairs").all()
     with pytest.raises(MorphobenchError, match="no negative pairs"):
         M.average_precision(meta, x, *REPLICATE_ARGS, no_negatives="error")
-    kept = M.average_precision(meta, x, *REPLICATE_ARGS, no_negatives="keep")
+    kept = M.average_precision(meta, x, *REPLICATE_ARGS, no_negatives="keep", options=neg_path)
     assert (kept.loc[p1.index, "average_precision"] == 1.0).all()  # copairs' number
-    small_blocks = M.average_precision(meta, x, *REPLICATE_ARGS, no_negatives="keep", max_entries=40)
+    small_blocks = M.average_precision(meta, x, *REPLICATE_ARGS, no_negatives="keep", max_entries=40,
+                                       options=neg_path)
     np.testing.assert_array_equal(small_blocks["average_precision"], kept["average_precision"])
 
 
@@ -508,3 +508,33 @@ def test_large_equality_vs_copairs(tmp_path):
     ev = m_ours[m_ours["p_value"].notna()].reset_index(drop=True)
     np.testing.assert_array_equal(ev["p_value"], m_ref["p_value"])
     np.testing.assert_array_equal(ev["corrected_p_value"], m_ref["corrected_p_value"])
+
+
+def test_key_thresholds_decide_rank_keys_exactly():
+    """θ(s) splits similarities exactly as copairs' float32 rank keys do: t ranks above s
+    (key(t) < key(s)) iff t > θ(s), also next to float32 boundaries and ties."""
+    A = __import__("sys").modules["morphobench.evaluate.map.average_precision"]
+    rng = np.random.default_rng(0)
+    s = np.concatenate([rng.uniform(-1, 1, 2000), rng.uniform(-1, 1, 200).astype(np.float32).astype(np.float64),
+                        [1.0, -1.0, 0.0, 1 - 2**-25, 2**-30, -(2**-30)]])
+    theta = A.key_thresholds(s)
+    key = lambda v: np.float32(1) - np.asarray(v, dtype=np.float64).astype(np.float32)  # noqa: E731
+    for scale in (1e-6, 1e-8, 1e-10):
+        t = np.clip(s + rng.normal(scale=scale, size=len(s)), -1, 1)
+        np.testing.assert_array_equal(t > theta, key(t) < key(s))
+    np.testing.assert_array_equal(theta >= s, np.ones(len(s), bool))
+    nxt = np.nextafter(theta, np.inf)
+    assert (key(nxt) < key(s)).all() and (key(theta) >= key(s)).all()   # θ is the last value ranking with s
+
+
+def test_bitmap_nulls_do_not_depend_on_chunks_or_threads(monkeypatch):
+    """Many-positive configurations drawn by Floyd on bitmaps, in chunks of lists run by the
+    worker threads: the same draws whatever the chunking and the thread count."""
+    confs = np.array([[40, 300], [3, 50], [60, 400]])
+    ref = np.stack([M.nulls._floyd_bitmap_null(700, int(k), int(t), 5) for k, t in confs[[0, 2]]])
+    for threads in ("1", "3"):
+        monkeypatch.setenv("MORPHOBENCH_MAP_THREADS", threads)
+        got = M.null_distributions(confs, 700, 5)
+        np.testing.assert_array_equal(got[[0, 2]], ref)
+    small = M.nulls._floyd_bitmap_null(700, 40, 300, 5, budget=64)      # many tiny chunks
+    np.testing.assert_array_equal(small, ref[0])

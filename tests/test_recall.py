@@ -216,7 +216,7 @@ def test_curve_and_gene_set(efaar, corum):
     np.testing.assert_array_equal(got, ref[["recall_0.03_0.97", "recall_0.15_0.85"]].to_numpy()[0])
 
     gene_set = set(genes[:400]) | {"NOT_A_GENE"}
-    tab = R.recall_within_gene_set(_map(genes, x), {"CORUM": corum}, gene_set, fpr=0.05)
+    tab = R.recall_within_gene_set(_map(genes, x), {"CORUM": corum}, gene_set, fpr=0.05, null="all")
     # explicit one-sided computation on the restricted map
     from sklearn.metrics.pairwise import cosine_similarity
 
@@ -231,6 +231,38 @@ def test_curve_and_gene_set(efaar, corum):
     expect = np.mean(np.searchsorted(null, s, side="left") / len(null) >= 0.95)
     assert tab.loc[0, "recall_top_0.05"] == expect
     assert tab.loc[0, "n_set_genes_missing"] == 1
+    # default (MAE-CVPR Table 5, a false-positive rate): the null is the set's NOT annotated pairs
+    fp = R.recall_within_gene_set(_map(genes, x), {"CORUM": corum}, gene_set, fpr=0.05)
+    annotated = set(zip(np.minimum(i[ok], j[ok]).tolist(), np.maximum(i[ok], j[ok]).tolist()))
+    iu = np.triu_indices(len(keep), k=1)
+    unannotated = np.sort([v for a, b, v in zip(*iu, c[iu], strict=True) if (a, b) not in annotated])
+    expect_fp = np.mean(np.searchsorted(unannotated, s, side="left") / len(unannotated) >= 0.95)
+    assert fp.loc[0, "recall_top_0.05"] == expect_fp and fp.loc[0, "null"] == "unannotated"
+    assert fp.loc[0, "null_distribution_size"] == len(unannotated) == len(null) - len(annotated)
+
+
+@pytest.mark.parametrize("mode", ["all", "two_pass", "pilot"])
+def test_order_statistics_without_the_query_pairs(mode, monkeypatch):
+    """exclude_queries: exact order statistics of every pair but the queries, on each engine path."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((300, 5))
+    x[:40] = np.round(x[:40])                     # exact ties among values
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    iu = np.triu_indices(300, k=1)
+    pick = rng.choice(len(iu[0]), size=2000, replace=False)
+    qr, qc = iu[0][pick], iu[1][pick]
+    rest = np.ones(len(iu[0]), dtype=bool)
+    rest[pick] = False
+    if mode == "pilot":
+        monkeypatch.setattr(R, "_SMALL_NULL", 0)
+    ref = np.sort((xn @ xn.T)[iu][rest])
+    ranks = [0, 17, len(ref) // 20, len(ref) // 2, len(ref) - len(ref) // 20, len(ref) - 1]
+    stats, qs = R.null_order_statistics(x, ranks, qr, qc, exclude_queries=True,
+                                        _force=None if mode == "pilot" else mode)
+    np.testing.assert_allclose(stats, ref[ranks], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(qs, (xn @ xn.T)[qr, qc], rtol=0, atol=1e-15)
+    with pytest.raises(MorphobenchError, match="distinct"):
+        R.null_order_statistics(x, [0], np.array([0, 0]), np.array([1, 1]), exclude_queries=True)
 
 
 def test_float32_maps_match_efaar(efaar, corum):

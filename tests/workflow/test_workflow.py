@@ -18,6 +18,7 @@ from morphobench.data.tables import validate_image_sheet, validate_plate_map
 pytestmark = pytest.mark.workflow
 
 REPO = Path(__file__).resolve().parents[2]
+KEYS = ["dataset", "method", "correction"]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
@@ -54,7 +55,10 @@ def tiny_config(resources_dir: Path) -> dict:
                          "max_objects_per_well": 5},
         },
         "corrections": ["none", "tvn"],
-        "evaluate": {"retrieval": {"null_size": 2000}},
+        # the batch-correction table's 18 default rows are checked on the default screen and in
+        # test_eval_stages; here four of them (given out of order: the table keeps the paper's)
+        "evaluate": {"retrieval": {"null_size": 2000},
+                     "batch_correction": {"corrections": ["tvn+arm", "tvn", "none+arm", "none"]}},
     }
 
 
@@ -165,12 +169,22 @@ def test_tiny_config_runs_end_to_end(tmp_path, resources_dir):
     for col in ("dataset", "method", "correction", "task", "n_groups", "mAP", "fraction_retrieved",
                 "null_size", "seed"):
         assert col in retr.columns
-    assert len(retr) == len(methods) * len(corrections) * 3 and (retr["null_size"] == 2000).all()
+    tasks = ["perturbation", "sibling_compound", "sibling_compound_gene", "sibling_compound_orf", "sibling_guide"]
+    assert (retr["null_size"] == 2000).all() and set(retr["task"]) == set(tasks)
+    # the simulated screen is one condition (Metadata_CellType U2OS): its row + the mean ± sd row per
+    # task that applies to it; tasks without any query (ORF, guides) are one recorded row
+    per = retr.groupby(["method", "correction", "task"])["condition"].apply(list)
+    assert len(per) == len(methods) * len(corrections) * len(tasks)
+    assert all(c == ["CellType=U2OS", "mean ± sd"] for c in per.xs("perturbation", level="task"))
+    assert all(len(c) == 1 or c[-1] == "mean ± sd" for c in per)
     detail = pd.read_parquet(res / "retrieval" / "simulated" / "cellprofiler" / "tvn" / "perturbation.parquet")
     assert detail["mean_average_precision"].between(0, 1).all()
     assert set(known["method"]) == set(methods) and set(retr["method"]) == set(methods)
     cpr = pd.read_csv(res / "cp_regression.tsv", sep="\t")
     assert set(cpr["method"]) == set(methods) - {"cellprofiler"} and cpr["r2"].notna().any()
+    assert (cpr["model"] == "ols").all() and (cpr["n_targets"] == cpr.groupby(KEYS)["feature"].transform("size")).all()
+    split = pd.read_csv(res / "simulated" / "splits" / "cp_regression_plates.tsv", sep="\t")
+    assert split.groupby("Metadata_Batch")["split"].nunique().eq(1).all()   # whole experiments held out
     # the trained method: split, model, log, cell-level embeddings through the shared path
     ds_res = res / "simulated"
     assert (ds_res / "models" / "tiny_ae" / "model.pt").exists()
@@ -189,7 +203,8 @@ def test_tiny_config_runs_end_to_end(tmp_path, resources_dir):
     summ = pd.read_csv(res / "cp_regression_summary.tsv", sep="\t")
     assert {"AreaShape", "Intensity"} <= set(summ["category"])
     bc = pd.read_csv(res / "batch_correction.tsv", sep="\t")
-    assert set(bc["method"]) == {"cellprofiler"} and bc["correction"].nunique() == 10
+    assert set(bc["method"]) == {"cellprofiler"} and list(bc["correction"]) == ["none", "tvn", "none+arm", "tvn+arm"]
+    assert list(bc["row"]) == [1, 2, 3, 4] and "recall_5_95_CORUM" in bc.columns
     for t in ("known_relationships", "jump_retrieval", "cp_regression", "batch_correction"):
         assert (res / f"{t}.tsv.provenance.json").exists()
     for fig in ("recall_curves", "recall_by_method", "retrieval", "cp_regression_r2", "batch_correction"):
@@ -235,3 +250,34 @@ def test_cellprofiler_backend_and_materialized_illumination(tmp_path, resources_
     first = corrected.iloc[0]
     assert Path(first["PathName_OrigDNA"], first["FileName_OrigDNA"]).exists() or \
         (tmp_path / first["PathName_OrigDNA"] / first["FileName_OrigDNA"]).exists()
+
+
+def _arm_config(tmp_path, resources_dir, correct=None):
+    cfg = {"resources": {"dir": str(resources_dir), "offline": True},
+           "datasets": {"rx": {"loader": "pattern", "image_root": "data/rx",
+                               "pattern": r"(?P<plate>[^/]+)/(?P<well>[A-Z]+\d+)_s(?P<site>\d+)_w(?P<channel>\d)\.png",
+                               "channels": {"1": "DNA", "2": "ER", "3": "AGP", "4": "RNA", "5": "Mito"}}},
+           "corrections": ["tvn+arm"]}
+    if correct:
+        cfg["correct"] = correct
+    return write_config(tmp_path / "arm.yaml", cfg)
+
+
+def test_arm_needs_the_screens_expression_table(tmp_path, resources_dir):
+    """+arm on a real screen: its cell line's expression table (correct.expression), never U2OS
+    silently; without one, a message naming the key."""
+    target = "results/rx/profiles/random/tvn+arm/perturbation.parquet"
+    res = snakemake(tmp_path, "-n", target, configfile=_arm_config(tmp_path, resources_dir))
+    msg = res.stdout + res.stderr
+    assert res.returncode != 0 and "correct.expression.rx" in msg and "u2os_zfpkm" not in msg
+    table = tmp_path / "huvec_zfpkm.tsv"
+    table.write_text("gene\tzfpkm\nA\t-4\n")
+    res = snakemake(tmp_path, "-n", target, configfile=_arm_config(tmp_path, resources_dir,
+                                                                      {"expression": {"rx": str(table)}}))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"--zfpkm {table}" in res.stdout + res.stderr
+    # missing_expression: skip — the plan has no +arm job for the screen (recorded as skipped rows)
+    res = snakemake(tmp_path, "-n", "results/jump_retrieval.tsv", "--quiet", "rules",
+                    configfile=_arm_config(tmp_path, resources_dir, {"missing_expression": "skip"}))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "tvn+arm" not in res.stdout + res.stderr

@@ -8,9 +8,10 @@ def eval_key(w):
 
 
 def eval_combos(methods=None, corrections=None, datasets=None):
-    """(dataset, method, correction) triples configured for the evaluations."""
+    """(dataset, method, correction) triples configured for the evaluations (+arm corrections of
+    datasets without an expression table left out when correct.missing_expression is skip)."""
     return [(d, m, c) for d in (datasets or DATASETS) for m in (methods or EVAL_LISTS["all"])
-            for c in (corrections or config["corrections"])]
+            for c in (corrections or config["corrections"]) if not (c.endswith("+arm") and arm_skipped(d))]
 
 
 def eval_parts(table, combos):
@@ -23,10 +24,14 @@ CPR = config["evaluate"]["cp_regression"]
 BC = config["evaluate"]["batch_correction"]
 
 
+GENE_SET_FILES = sorted({v for v in KR["gene_sets"].values() if isinstance(v, str) and v != "all"})
+
+
 rule known_relationships_part:
     input:
         pert="results/{dataset}/profiles/{method}/{correction}/perturbation.parquet",
         annotations=expand(f"{RES}/annotations/{{source}}.csv", source=KR["sources"]),
+        gene_sets=GENE_SET_FILES,
     output:
         known=f"{EVAL}/known_relationships.tsv",
         curve=f"{EVAL}/recall_curve.tsv",
@@ -35,6 +40,8 @@ rule known_relationships_part:
         key=eval_key,
         annotations=as_json({s: f"{RES}/annotations/{s}.csv" for s in KR["sources"]}),
         gene_sets=as_json(KR["gene_sets"]),
+        gene_set_null=KR["gene_set_null"],
+        aggregation=config["aggregate"]["perturbation"],
         seed=config["seed"],
     log:
         "logs/{dataset}/eval/{method}/{correction}/known_relationships.log",
@@ -48,9 +55,10 @@ rule known_relationships_part:
         runtime=30,
     shell:
         "python -m morphobench.evaluate known-relationships --pert {input.pert} "
-        "--annotations {params.annotations} --gene-sets {params.gene_sets} --key {params.key} "
+        "--annotations {params.annotations} --gene-sets {params.gene_sets} --gene-set-null {params.gene_set_null} "
+        "--key {params.key} "
         "--out-known {output.known} --out-curve {output.curve} --out-sets {output.sets} "
-        "--seed {params.seed} 2> {log}"
+        "--aggregation {params.aggregation} --seed {params.seed} 2> {log}"
 
 
 rule retrieval_part:
@@ -69,6 +77,9 @@ rule retrieval_part:
         seed=RT["seed"],
         threshold=RT["threshold"],
         on_missing=RT["on_missing_negcon"],
+        negatives=RT["negatives"],
+        condition=" ".join(config["aggregate"]["condition"]),
+        cross=" ".join(RT["cross_modality_condition"]),
     log:
         "logs/{dataset}/eval/{method}/{correction}/retrieval.log",
     benchmark:
@@ -83,11 +94,12 @@ rule retrieval_part:
         "MORPHOBENCH_MAP_THREADS={threads} python -m morphobench.evaluate retrieval --well {input.well} --pert {input.pert} "
         "--key {params.key} --tasks {params.tasks} --out {output.table} --detail-dir {params.detail_dir} "
         "--null-size {params.null_size} --seed {params.seed} --threshold {params.threshold} "
-        "--on-missing-negcon {params.on_missing} 2> {log}"
+        "--on-missing-negcon {params.on_missing} --negatives {params.negatives} "
+        "--condition {params.condition} --cross-condition {params.cross} 2> {log}"
 
 
 rule cp_split:
-    """Training / held-out plates for the CellProfiler-feature regression (a saved table)."""
+    """Training / held-out experiments (or plates) for the CellProfiler-feature regression (a saved table)."""
     input:
         "results/{dataset}/profiles/cellprofiler/well.parquet",
     output:
@@ -95,12 +107,13 @@ rule cp_split:
     params:
         frac=CPR["heldout_fraction"],
         seed=CPR["seed"],
+        holdout=CPR["holdout"],
     log:
         "logs/{dataset}/eval/cp_split.log",
     conda:
         "../../envs/morphobench.yaml"
     shell:
-        "python -m morphobench.evaluate cp-split --cp-well {input} --out {output} "
+        "python -m morphobench.evaluate cp-split --cp-well {input} --out {output} --holdout {params.holdout} "
         "--heldout-fraction {params.frac} --seed {params.seed} 2> {log}"
 
 
@@ -113,6 +126,9 @@ rule cp_regression_part:
         f"{EVAL}/cp_regression.tsv",
     params:
         key=eval_key,
+        model=CPR["model"],
+        categories=" ".join(CPR["categories"]),
+        tnorm=CPR["target_normalization"],
     log:
         "logs/{dataset}/eval/{method}/{correction}/cp_regression.log",
     benchmark:
@@ -125,7 +141,8 @@ rule cp_regression_part:
         runtime=30,
     shell:
         "python -m morphobench.evaluate cp-regression --emb-well {input.emb} --cp-well {input.cp} "
-        "--split {input.split} --key {params.key} --out {output} 2> {log}"
+        "--split {input.split} --key {params.key} --model {params.model} --categories {params.categories} "
+        "--target-normalization {params.tnorm} --out {output} 2> {log}"
 
 
 GATHER = {
@@ -138,6 +155,13 @@ GATHER = {
         "known_relationships",
         eval_combos(methods=[BC["method"]], corrections=BC["corrections"])),
 }
+
+
+def arm_skips():
+    """+arm rows recorded as skipped in the batch-correction table (correct.missing_expression: skip)."""
+    return {d: {c: f"no expression table for the cell line of {d} (correct.expression.{d})"
+                for c in BC["corrections"] if c.endswith("+arm")}
+            for d in gene_datasets() if arm_skipped(d)}
 
 
 rule gather_table:
@@ -178,13 +202,16 @@ rule cp_regression_summary:
 
 
 rule batch_correction_table:
-    """MAE-CVPR Table 2 layout: recall per source for every correction of one method."""
+    """MAE-CVPR Table 2 layout: one row per correction (paper's order, without then with +arm) of
+    one method, recall per source as columns."""
     input:
         "results/batch_correction_recall.tsv",
     output:
         "results/batch_correction.tsv",
     params:
         method=BC["method"],
+        corrections=" ".join(f"'{c}'" for c in BC["corrections"]),
+        skipped=as_json(arm_skips()),
         cfg=CONFIG_HASH,
         methods=METHODS_PROVENANCE,
     log:
@@ -193,4 +220,5 @@ rule batch_correction_table:
         "../../envs/morphobench.yaml"
     shell:
         "python -m morphobench.evaluate batch-correction --known {input} --method {params.method} "
+        "--corrections {params.corrections} --skipped {params.skipped} "
         "--out {output} --config-hash {params.cfg} --methods {params.methods} 2> {log}"

@@ -1,7 +1,7 @@
 """CLI for the correction stage (called by workflow/rules/correct.smk).
 
     python -m morphobench.correct --well IN --correction tvn+arm --out-well W --out-pert P \
-        [--params JSON] [--truth perturbations.parquet | --gene-arms T --zfpkm Z]
+        [--params JSON] [--truth perturbations.parquet | --gene-arms T --zfpkm EXPRESSION]
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--correction", required=True)
     ap.add_argument("--out-well", required=True)
     ap.add_argument("--out-pert", required=True)
-    ap.add_argument("--params", default="{}", help="JSON: aggregation, pca_components, tvn_reg, seed …")
+    ap.add_argument("--params", default="{}",
+                    help="JSON: aggregation, arm_level, condition, pca_components, tvn_reg, seed …")
     ap.add_argument("--truth", help="simulated perturbation truth (gene, arm, expressed) for +arm")
     ap.add_argument("--gene-arms", help="resources genes/gene_arms.tsv for +arm")
-    ap.add_argument("--zfpkm", help="resources genes/u2os_zfpkm.tsv for +arm")
+    ap.add_argument("--zfpkm", help="expression table (gene, zfpkm) of the screen's cell line for +arm")
     ap.add_argument("--log")
     args = ap.parse_args(argv)
     setup_logging(args.log)

@@ -3,12 +3,16 @@
     python -m morphobench.evaluate known-relationships --pert P --annotations JSON --key JSON \
         --out-known K --out-curve C --out-sets S [--gene-sets JSON] [--seed 0]
     python -m morphobench.evaluate retrieval --well W --pert P --key JSON --tasks T … \
-        --out OUT --detail-dir D [--null-size 10000 --seed 0 --threshold 0.05]
-    python -m morphobench.evaluate cp-split --cp-well W --out OUT [--heldout-fraction 0.25 --seed 0]
-    python -m morphobench.evaluate cp-regression --emb-well E --cp-well C --split S --key JSON --out OUT
+        --out OUT --detail-dir D [--null-size 10000 --seed 0 --threshold 0.05 \
+        --negatives controls|other_targets --condition COL … --cross-condition COL …]
+    python -m morphobench.evaluate cp-split --cp-well W --out OUT [--holdout experiment|plate \
+        --heldout-fraction 0.25 --seed 0]
+    python -m morphobench.evaluate cp-regression --emb-well E --cp-well C --split S --key JSON --out OUT \
+        [--model ols|ridge] [--categories AreaShape Texture …]
     python -m morphobench.evaluate gather --parts A B … --out OUT [--config-hash H]
     python -m morphobench.evaluate cp-summary --table T --out OUT [--config-hash H]
-    python -m morphobench.evaluate batch-correction --known K --method M --out OUT [--config-hash H]
+    python -m morphobench.evaluate batch-correction --known K --method M --out OUT \
+        [--corrections C …] [--skipped JSON] [--config-hash H]
 """
 
 from __future__ import annotations
@@ -27,12 +31,16 @@ def _parser() -> argparse.ArgumentParser:
     k = sub.add_parser("known-relationships")
     k.add_argument("--pert", required=True)
     k.add_argument("--annotations", required=True, help='JSON {"CORUM": "path.csv", …}')
-    k.add_argument("--gene-sets", default="{}", help='JSON {"name": [genes] | "all"}')
+    k.add_argument("--gene-sets", default="{}", help='JSON {"name": [genes] | "path/to/genes.txt" | "all"}')
+    k.add_argument("--gene-set-null", default="unannotated", choices=["unannotated", "all"],
+                   help="null of the recall at 5 %% FPR: the set's non-annotated pairs (default) or all its pairs")
     k.add_argument("--key", required=True)
     k.add_argument("--out-known", required=True)
     k.add_argument("--out-curve", required=True)
     k.add_argument("--out-sets", required=True)
     k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--aggregation", default="spherical_mean", choices=["spherical_mean", "mean", "median"],
+                   help="guides → gene when a gene has several CRISPR perturbations")
     r = sub.add_parser("retrieval")
     r.add_argument("--well", required=True)
     r.add_argument("--pert", required=True)
@@ -44,17 +52,29 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--threshold", type=float, default=0.05)
     r.add_argument("--on-missing-negcon", default="error", choices=["error", "skip"])
+    r.add_argument("--negatives", default="controls", choices=["controls", "other_targets"],
+                   help="sibling tasks: rank against negative-control wells (MAE-CVPR) or other targets (CPJUMP1)")
+    r.add_argument("--condition", nargs="*", default=["Metadata_CellType", "Metadata_Modality", "Metadata_Timepoint"],
+                   help="condition columns (those present are used); tasks run per condition")
+    r.add_argument("--cross-condition", nargs="*", default=["Metadata_CellType"],
+                   help="condition columns of the cross-modality sibling tasks")
     s = sub.add_parser("cp-split")
     s.add_argument("--cp-well", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--heldout-fraction", type=float, default=0.25)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--holdout", default="experiment", choices=["experiment", "plate"])
     c = sub.add_parser("cp-regression")
     c.add_argument("--emb-well", required=True)
     c.add_argument("--cp-well", required=True)
     c.add_argument("--split", required=True)
     c.add_argument("--key", required=True)
     c.add_argument("--out", required=True)
+    c.add_argument("--model", default="ols", choices=["ols", "ridge"])
+    c.add_argument("--categories", nargs="+", help="CellProfiler categories of the targets (default: the paper's five)")
+    c.add_argument("--target-normalization", default="standardize_plate",
+                   choices=["standardize_plate", "center_plate", "none"],
+                   help="targets normalized per plate on their negative controls (default) or raw")
     g = sub.add_parser("gather")
     g.add_argument("--parts", nargs="+", required=True)
     g.add_argument("--out", required=True)
@@ -68,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("batch-correction")
     b.add_argument("--known", required=True)
     b.add_argument("--method", required=True)
+    b.add_argument("--corrections", nargs="+", help="rows to list (default: every correction in the table)")
+    b.add_argument("--skipped", default="{}", help='JSON {dataset: {correction: reason}} recorded as skipped rows')
     b.add_argument("--out", required=True)
     b.add_argument("--config-hash")
     b.add_argument("--methods", default="{}")
@@ -88,22 +110,28 @@ def _dispatch(args, stages) -> None:
     if args.cmd == "known-relationships":
         stages.known_relationships(args.pert, json.loads(args.annotations), json.loads(args.key),
                                    args.out_known, args.out_curve, args.out_sets,
-                                   gene_sets=json.loads(args.gene_sets), seed=args.seed)
+                                   gene_sets=json.loads(args.gene_sets), gene_set_null=args.gene_set_null,
+                                   seed=args.seed, aggregation=args.aggregation)
     elif args.cmd == "retrieval":
         stages.retrieval_stage(args.well, args.pert, json.loads(args.key), args.tasks, args.out,
                                args.detail_dir, null_size=args.null_size, seed=args.seed,
-                               threshold=args.threshold, on_missing_negcon=args.on_missing_negcon)
+                               threshold=args.threshold, on_missing_negcon=args.on_missing_negcon,
+                               negatives=args.negatives, condition=args.condition,
+                               cross_condition=args.cross_condition)
     elif args.cmd == "cp-split":
-        stages.cp_split_stage(args.cp_well, args.out, args.heldout_fraction, args.seed)
+        stages.cp_split_stage(args.cp_well, args.out, args.heldout_fraction, args.seed, args.holdout)
     elif args.cmd == "cp-regression":
-        stages.cp_regression_stage(args.emb_well, args.cp_well, args.split, json.loads(args.key), args.out)
+        stages.cp_regression_stage(args.emb_well, args.cp_well, args.split, json.loads(args.key), args.out,
+                                   model=args.model, categories=args.categories,
+                                   target_normalization=args.target_normalization)
     elif args.cmd == "gather":
         stages.gather(args.parts, args.out, args.config_hash, methods=load_json_arg(args.methods, "--methods"))
     elif args.cmd == "cp-summary":
         stages.cp_regression_summary(args.table, args.out, args.config_hash,
                                      methods=load_json_arg(args.methods, "--methods"))
     else:
-        stages.batch_correction_table(args.known, args.method, args.out, args.config_hash,
+        stages.batch_correction_table(args.known, args.method, args.out, corrections=args.corrections,
+                                      skipped=json.loads(args.skipped), config_digest=args.config_hash,
                                       methods=load_json_arg(args.methods, "--methods"))
 
 

@@ -1,14 +1,25 @@
-"""CellProfiler-feature regression (MAE-CVPR §5.5).
+"""CellProfiler-feature regression (MAE-CVPR §5.5, Fig. 6).
 
-For every well-level CellProfiler feature, a ridge regression from a method's well embedding, with
-α chosen by cross-validation on the training plates only (``RidgeCV``, efficient leave-one-out,
-one α per feature), fit on the training plates and scored by R² on held-out plates. The plate split
-is a saved table so every method is scored on the same wells.
+The paper: "linear regression to predict 955 CellProfiler features spanning area-shape, texture,
+radial distribution, intensity, and neighbor categories", single-task, scored by the coefficient
+of determination "from an independent experimental dataset". Our defaults follow it:
+
+* targets: the well-level CellProfiler features of the categories ``categories`` (default the
+  paper's five: AreaShape, Texture, RadialDistribution, Intensity, Neighbors); features of other
+  categories are left out (counted in the log) and the number of targets is reported;
+* model: ordinary least squares per feature (``model="ols"``; sklearn ``LinearRegression``, one
+  least-squares solve shared by all targets, which is the same as one regression per feature;
+  with more embedding dimensions than training wells it is the minimum-norm solution), or ridge
+  with α chosen by efficient leave-one-out CV on the training wells only (``model="ridge"``,
+  ``RidgeCV``, one α per feature; our option);
+* split: whole experiments (``Metadata_Batch``) held out (``holdout="experiment"``, default), or
+  plates within each experiment (``holdout="plate"``, our option). The split is a saved table so
+  every method is scored on the same wells.
 
 Choices where the paper is silent (documented, configurable): embeddings and targets are
-standardized with training-plate statistics; α grid ``logspace(-2, 5, 15)``; held-out plates are
-chosen per batch (≥ 1 plate per batch when a batch has ≥ 2 plates, else whole plates across
-batches) with a seeded RNG.
+standardized with training statistics (R² does not depend on it; OLS predictions neither); the
+held-out experiments/plates are drawn with a seeded RNG (``max(1, round(fraction · n))``, at least
+one left for training); ridge α grid ``logspace(-2, 5, 15)``.
 """
 
 from __future__ import annotations
@@ -26,7 +37,13 @@ log = logging.getLogger("morphobench.evaluate.cp_regression")
 
 CP_CATEGORIES = ("AreaShape", "Intensity", "Texture", "RadialDistribution", "Granularity",
                  "Correlation", "Neighbors", "Location")
+#: MAE-CVPR §5.5: "area-shape, texture, radial distribution, intensity, and neighbor categories"
+PAPER_CATEGORIES = ("AreaShape", "Texture", "RadialDistribution", "Intensity", "Neighbors")
+MODELS = ("ols", "ridge")
+HOLDOUTS = ("experiment", "plate")
 DEFAULT_ALPHAS = tuple(np.logspace(-2, 5, 15))
+
+log = logging.getLogger("morphobench.evaluate.cp_regression")
 
 
 def feature_category(name: str) -> str:
@@ -66,6 +83,36 @@ def plate_split(plates: pd.DataFrame, heldout_fraction: float = 0.25, seed: int 
     return df[["Metadata_Batch", "Metadata_Plate", "split"]]
 
 
+def experiment_split(plates: pd.DataFrame, heldout_fraction: float = 0.25, seed: int = 0) -> pd.DataFrame:
+    """Hold out whole experiments (``Metadata_Batch``): ``max(1, round(fraction · n))`` of the
+    ``n`` experiments, at least one kept for training; fewer than 2 experiments → error."""
+    for c in ("Metadata_Batch", "Metadata_Plate"):
+        if c not in plates.columns:
+            raise MorphobenchError(f"experiment split: needs a {c} column (have {list(plates.columns)})")
+    df = plates.drop_duplicates("Metadata_Plate").sort_values("Metadata_Plate").reset_index(drop=True)
+    if df["Metadata_Batch"].isna().any():
+        raise MorphobenchError("experiment split: plates without a Metadata_Batch")
+    batches = np.array(sorted(df["Metadata_Batch"].astype(str).unique()))
+    if len(batches) < 2:
+        raise MorphobenchError(f"CellProfiler regression on held-out experiments needs ≥ 2 experiments "
+                               f"(Metadata_Batch); got {list(batches)}. Set evaluate.cp_regression.holdout: "
+                               "plate to hold out plates instead")
+    k = min(max(1, int(round(heldout_fraction * len(batches)))), len(batches) - 1)
+    test = set(np.random.default_rng(seed).choice(batches, size=k, replace=False).tolist())
+    df["split"] = np.where(df["Metadata_Batch"].astype(str).isin(test), "test", "train")
+    return df[["Metadata_Batch", "Metadata_Plate", "split"]]
+
+
+def make_split(plates: pd.DataFrame, holdout: str = "experiment", heldout_fraction: float = 0.25,
+               seed: int = 0) -> pd.DataFrame:
+    """The saved train/test table: whole experiments (default) or plates per experiment held out."""
+    if holdout == "experiment":
+        return experiment_split(plates, heldout_fraction, seed)
+    if holdout == "plate":
+        return plate_split(plates, heldout_fraction, seed)
+    raise MorphobenchError(f"cp_regression.holdout must be one of {list(HOLDOUTS)}, got {holdout!r}")
+
+
 def _standardize(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     mu = train.mean(0)
     sd = train.std(0)
@@ -75,24 +122,43 @@ def _standardize(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def cp_regression(embeddings: pd.DataFrame, cp_features: pd.DataFrame, split: pd.DataFrame,
+                  model: str = "ols", categories: Sequence[str] | None = PAPER_CATEGORIES,
                   alphas: Sequence[float] = DEFAULT_ALPHAS,
                   keys: Sequence[str] = ("Metadata_Plate", "Metadata_Well")) -> pd.DataFrame:
-    """R² on held-out plates of a ridge regression embedding → each CellProfiler feature.
+    """R² on the held-out wells of a linear regression embedding → each CellProfiler feature.
 
-    Returns one row per CellProfiler feature: ``feature, category, r2, alpha, n_train, n_test,
-    status`` where status is ``ok`` or why the feature was not scored (constant on the training
-    plates → R² undefined; recorded, not dropped).
+    ``categories``: the CellProfiler categories whose features are targets (None: every feature).
+    Returns one row per target: ``feature, category, r2, alpha, n_train, n_test, n_dims,
+    n_targets, model, status`` where status is ``ok`` or why the feature was not scored (constant
+    on the training wells → R² undefined; recorded, not dropped).
     """
-    from sklearn.linear_model import RidgeCV
+    from sklearn.linear_model import LinearRegression, RidgeCV
     from sklearn.metrics import r2_score
 
+    if model not in MODELS:
+        raise MorphobenchError(f"cp_regression.model must be one of {list(MODELS)}, got {model!r}")
     keys = list(keys)
     validate_profiles(embeddings, "embeddings", required_meta=keys)
     validate_profiles(cp_features, "CellProfiler well profiles", required_meta=keys)
     if embeddings.duplicated(keys).any() or cp_features.duplicated(keys).any():
         raise MorphobenchError(f"cp_regression: profiles must have one row per {keys}")
     emb_cols = feature_columns(embeddings)
-    cp_cols = feature_columns(cp_features)
+    cp_all = feature_columns(cp_features)
+    if categories is None:
+        cp_cols = cp_all
+    else:
+        unknown = sorted(set(categories) - set(CP_CATEGORIES))
+        if unknown:
+            raise MorphobenchError(f"cp_regression: unknown categories {unknown}; choose from {list(CP_CATEGORIES)}")
+        cp_cols = [c for c in cp_all if feature_category(c) in set(categories)]
+        left = pd.Series([feature_category(c) for c in cp_all if c not in set(cp_cols)]).value_counts()
+        if len(left):
+            log.info("cp_regression: %d target feature(s) of %s; left out by category: %s", len(cp_cols),
+                     list(categories), left.to_dict())
+        if not cp_cols:
+            raise MorphobenchError(f"cp_regression: no CellProfiler feature of the categories {list(categories)} "
+                                   f"(features measured: {sorted(set(feature_category(c) for c in cp_all))}); "
+                                   "measure those groups (images.features.groups)")
     merged = embeddings[keys + emb_cols].merge(
         cp_features[keys + cp_cols], on=keys, how="inner", validate="one_to_one",
         suffixes=("__emb", ""))
@@ -116,36 +182,46 @@ def cp_regression(embeddings: pd.DataFrame, cp_features: pd.DataFrame, split: pd
     y = merged[cp_cols].to_numpy(np.float64)
     xtr, xte, _ = _standardize(x[~is_test], x[is_test])
     ytr, yte, y_ok = _standardize(y[~is_test], y[is_test])
-    rows = []
+    if model == "ols" and x.shape[1] >= (~is_test).sum():
+        log.warning("cp_regression: OLS with %d embedding dimensions and %d training wells is the "
+                    "minimum-norm least-squares fit (it interpolates the training wells); "
+                    "evaluate.cp_regression.model: ridge regularizes", x.shape[1], int((~is_test).sum()))
     alpha = np.full(len(cp_cols), np.nan)
     r2 = np.full(len(cp_cols), np.nan)
     if y_ok.any():
-        model = RidgeCV(alphas=np.asarray(alphas, dtype=float), alpha_per_target=True)
-        model.fit(xtr, ytr[:, y_ok])
-        pred = model.predict(xte)
+        if model == "ols":
+            reg = LinearRegression().fit(xtr, ytr[:, y_ok])
+        else:
+            reg = RidgeCV(alphas=np.asarray(alphas, dtype=float), alpha_per_target=True).fit(xtr, ytr[:, y_ok])
+            alpha[y_ok] = np.broadcast_to(reg.alpha_, (int(y_ok.sum()),))
+        pred = reg.predict(xte)
         if pred.ndim == 1:
             pred = pred[:, None]
-        alpha[y_ok] = np.broadcast_to(model.alpha_, (int(y_ok.sum()),))
         r2[y_ok] = r2_score(yte[:, y_ok], pred, multioutput="raw_values")
-    for j, feat in enumerate(cp_cols):
-        rows.append({
-            "feature": feat,
-            "category": feature_category(feat),
-            "r2": r2[j],
-            "alpha": alpha[j],
-            "n_train": int((~is_test).sum()),
-            "n_test": int(is_test.sum()),
-            "status": "ok" if y_ok[j] else "constant_on_training_plates",
-        })
-    return pd.DataFrame(rows)
+    return pd.DataFrame({
+        "feature": cp_cols,
+        "category": [feature_category(c) for c in cp_cols],
+        "r2": r2,
+        "alpha": alpha,
+        "n_train": int((~is_test).sum()),
+        "n_test": int(is_test.sum()),
+        "n_dims": x.shape[1],
+        "n_targets": len(cp_cols),
+        "model": model,
+        "status": np.where(y_ok, "ok", "constant_on_training_plates"),
+    })
 
 
 def summarize(per_feature: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
-    """Median R² per category (only scored features), with the count of features used/skipped."""
+    """Median R² per category (only scored features), with the count of features used/skipped,
+    and ``n_targets`` (every target feature of the regression)."""
     by = list(by)
     ok = per_feature[per_feature["status"] == "ok"]
     med = ok.groupby(by + ["category"], sort=True)["r2"].agg(median_r2="median", n_features="size")
     skipped = (per_feature[per_feature["status"] != "ok"].groupby(by + ["category"]).size()
                .rename("n_skipped"))
     out = med.join(skipped, how="outer").fillna({"n_skipped": 0, "n_features": 0}).reset_index()
-    return out.astype({"n_skipped": int, "n_features": int})
+    out = out.astype({"n_skipped": int, "n_features": int})
+    if not by:
+        return out.assign(n_targets=len(per_feature))
+    return out.merge(per_feature.groupby(by).size().rename("n_targets").reset_index(), on=by, how="left")

@@ -9,8 +9,10 @@ Tables (REFERENCE §4):
   recall_10_90 (+ n_pairs_gene_missing, skip_reason)
 - ``recall_curve``: dataset, method, correction, source, percentile (1–20 %), recall
 - ``stringdb_gene_sets``: StringDB recall at 5 % FPR within gene sets (MAE-CVPR Table 5)
-- ``jump_retrieval``: dataset, method, correction, task, n_groups, mAP, fraction_retrieved,
-  null_size, seed (+ mAP_sem, n_groups_evaluated, n_groups_skipped); per-group detail parquet
+- ``jump_retrieval``: dataset, method, correction, task, condition (one row per condition and a
+  ``mean ± sd`` row, MAE-CVPR Table 4), negatives, n_groups, mAP, mAP_sd, fraction_retrieved,
+  fraction_retrieved_sd, null_size, seed (+ mAP_sem, n_conditions, n_groups_evaluated,
+  n_groups_skipped, skip_reason); per-group detail parquet per task
 - ``cp_regression`` / ``cp_regression_summary``: R² per CellProfiler feature / median per category
 """
 
@@ -21,16 +23,16 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from morphobench.data.tables import gene_rows
 from morphobench.io import MorphobenchError, read_table, write_parquet, write_provenance, write_tsv
 
 log = logging.getLogger("morphobench.evaluate")
 
 KEY_COLS = ("dataset", "method", "correction")
-RETRIEVAL_TASKS = ("perturbation", "sibling_compound", "sibling_compound_gene")
+#: MAE-CVPR Table 2's row order
+CORRECTION_ORDER = ("none", "pca", "center_plate", "center_experiment", "standardize_plate",
+                    "standardize_experiment", "pca_standardize_plate", "pca_standardize_experiment", "tvn")
 
 
 def _keyed(df: pd.DataFrame, key: Mapping[str, str]) -> pd.DataFrame:
@@ -43,29 +45,48 @@ def _keyed(df: pd.DataFrame, key: Mapping[str, str]) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------
 # known relationships
 # ------------------------------------------------------------------------------------------
-def gene_profiles(pert: pd.DataFrame, source: str) -> pd.DataFrame:
-    """One row per CRISPR gene (``Metadata_Gene``) from a perturbation-level table."""
+def gene_profiles(pert: pd.DataFrame, source: str, aggregation: str = "spherical_mean",
+                  condition: Sequence[str] = ("Metadata_CellType", "Metadata_Modality", "Metadata_Timepoint"),
+                  ) -> pd.DataFrame:
+    """One row per CRISPR gene (``Metadata_Gene``) from a perturbation-level table: the CRISPR
+    rows (not ORFs, not compounds); a gene with several perturbations (guides) is aggregated by
+    gene ("aggregating them by gene", MAE-CVPR Table 3) with ``aggregation`` (the spherical mean
+    of the guides' profiles by default). Genes in several conditions are an error (recall takes
+    one map: select a condition first)."""
+    from morphobench.correct.stage import crispr_rows
+    from morphobench.data.aggregate import aggregate
+
     if "Metadata_Gene" not in pert.columns:
         raise MorphobenchError(f"{source}: no Metadata_Gene column; known-relationship recall needs gene profiles")
-    genes = pert.loc[gene_rows(pert)].reset_index(drop=True)
+    genes = pert.loc[crispr_rows(pert)].reset_index(drop=True)
     if genes.empty:
         raise MorphobenchError(f"{source}: no CRISPR gene perturbations (PertType trt with Metadata_Gene)")
-    dup = genes["Metadata_Gene"].duplicated()
-    if dup.any():
-        raise MorphobenchError(f"{source}: genes with several perturbations {sorted(genes.loc[dup, 'Metadata_Gene'])[:5]}; "
-                               "aggregate guides to genes first")
+    varying = [c for c in condition if c in genes.columns and genes[c].nunique(dropna=False) > 1]
+    if varying:
+        raise MorphobenchError(f"{source}: the CRISPR profiles span several conditions ({varying}); known-relationship "
+                               "recall needs one map per condition (select one condition's wells)")
+    if genes["Metadata_Gene"].duplicated().any():
+        n_rows, n_genes = len(genes), genes["Metadata_Gene"].nunique()
+        genes = aggregate(genes, ["Metadata_Gene"], aggregation, source=f"{source} (guides → genes)")
+        log.info("%s: %d CRISPR perturbations aggregated to %d genes (%s)", source, n_rows, n_genes, aggregation)
     return genes
+
+
+SET_COLS = ["gene_set", "n_set_genes", "source", "n_genes", "n_pairs", "recall", "fpr", "null",
+            "null_distribution_size", "n_set_genes_missing", "skip_reason"]
 
 
 def known_relationships(pert_path: str | os.PathLike, annotations: Mapping[str, str | os.PathLike],
                         key: Mapping[str, str], out_known: str | os.PathLike, out_curve: str | os.PathLike,
-                        out_sets: str | os.PathLike, gene_sets: Mapping[str, Sequence[str]] | None = None,
+                        out_sets: str | os.PathLike, gene_sets: Mapping[str, Sequence[str] | str] | None = None,
                         percentiles: Sequence[float] = tuple(p / 100 for p in range(1, 21)),
-                        fpr: float = 0.05, seed: int = 0) -> None:
+                        fpr: float = 0.05, gene_set_null: str = "unannotated", seed: int = 0,
+                        aggregation: str = "spherical_mean") -> None:
     """Recall of annotated pairs (EFAAR semantics) per source, the recall curve, and StringDB
-    recall at ``fpr`` within each gene set (a list of genes, or ``"all"``: every gene of the map)."""
+    recall at ``fpr`` within each gene set (a list of genes, a gene-set file, or ``"all"``: every
+    gene of the map), the FPR taken over the set's non-annotated pairs (``gene_set_null``)."""
     from morphobench.evaluate.recall import known_relationship_recall, recall_curve, recall_within_gene_set
-    from morphobench.resources import load_annotation
+    from morphobench.resources import load_annotation, resolve_gene_set
 
     pert = read_table(pert_path, what="perturbation profiles")
     if not gene_rows(pert).any():
@@ -78,10 +99,9 @@ def known_relationships(pert_path: str | os.PathLike, annotations: Mapping[str, 
                              "n_pairs_gene_missing": 0, "skip_reason": reason} for s in annotations], columns=cols)
         write_tsv(_keyed(tab, key), out_known)
         write_tsv(_keyed(pd.DataFrame(columns=["source", "percentile", "recall"]), key), out_curve)
-        write_tsv(_keyed(pd.DataFrame(columns=["gene_set", "source", "n_pairs", "recall", "fpr",
-                                               "n_set_genes_missing", "skip_reason"]), key), out_sets)
+        write_tsv(_keyed(pd.DataFrame(columns=SET_COLS), key), out_sets)
         return
-    genes = gene_profiles(pert, str(pert_path))
+    genes = gene_profiles(pert, str(pert_path), aggregation=aggregation)
     rels = {src: load_annotation(path, None) for src, path in annotations.items()}
     tab = known_relationship_recall(genes, rels, threshold_pairs=[(0.05, 0.95), (0.10, 0.90)], seed=seed,
                                     source=str(pert_path))
@@ -95,90 +115,41 @@ def known_relationships(pert_path: str | os.PathLike, annotations: Mapping[str, 
     rows = []
     if "StringDB" in rels:
         for name, members in (gene_sets or {}).items():
-            if members == "all":
-                members = genes["Metadata_Gene"].tolist()
-            t = recall_within_gene_set(genes, {"StringDB": rels["StringDB"]}, members, fpr=fpr, seed=seed,
-                                       source=str(pert_path))
+            members = resolve_gene_set(members, genes["Metadata_Gene"].tolist())
+            t = recall_within_gene_set(genes, {"StringDB": rels["StringDB"]}, members, fpr=fpr, null=gene_set_null,
+                                       seed=seed, source=str(pert_path))
             t = t.rename(columns={"n_pairs_used": "n_pairs", f"recall_top_{fpr}": "recall"})
             t.insert(0, "gene_set", name)
-            rows.append(t[["gene_set", "source", "n_pairs", "recall", "fpr", "n_set_genes_missing", "skip_reason"]])
-    sets = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
-        columns=["gene_set", "source", "n_pairs", "recall", "fpr", "n_set_genes_missing", "skip_reason"])
+            t.insert(1, "n_set_genes", len(set(members)))
+            rows.append(t[SET_COLS])
+    sets = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=SET_COLS)
     write_tsv(_keyed(sets, key), out_sets)
 
 
 # ------------------------------------------------------------------------------------------
 # retrieval
 # ------------------------------------------------------------------------------------------
-def target_gene(pert: pd.DataFrame) -> pd.Series:
-    """A perturbation's target gene: ``Metadata_Gene`` for CRISPR, ``Metadata_Target`` for compounds."""
-    gene = pert["Metadata_Gene"] if "Metadata_Gene" in pert else pd.Series(np.nan, index=pert.index)
-    tgt = pert["Metadata_Target"] if "Metadata_Target" in pert else pd.Series(np.nan, index=pert.index)
-    is_cpd = pert["Metadata_Compound"].notna() if "Metadata_Compound" in pert else pd.Series(False, index=pert.index)
-    return pd.Series(np.where(is_cpd, tgt, gene), index=pert.index, dtype=object)
-
-
-def sibling_profiles(pert: pd.DataFrame, task: str) -> pd.DataFrame:
-    """Consensus profiles for sibling retrieval with ``Metadata_TargetGene`` / ``Metadata_Modality``."""
-    df = pert[pert["Metadata_PertType"].eq("trt")].copy() if "Metadata_PertType" in pert else pert.copy()
-    df["Metadata_TargetGene"] = target_gene(df)
-    df = df[df["Metadata_TargetGene"].notna()].reset_index(drop=True)
-    is_cpd = df["Metadata_Compound"].notna() if "Metadata_Compound" in df else pd.Series(False, index=df.index)
-    df["Metadata_Modality"] = np.where(is_cpd, "compound", "crispr")
-    if task == "sibling_compound":
-        df = df[df["Metadata_Modality"].eq("compound")].reset_index(drop=True)
-    return df
-
-
-def run_retrieval(well: pd.DataFrame, pert: pd.DataFrame, task: str, *, null_size: int, seed: int,
-                  threshold: float = 0.05, on_missing_negcon: str = "error", source: str = "profiles"):
-    """One retrieval task → (summary dict, per-group mAP table)."""
-    from morphobench.evaluate.map import replicate_retrieval, retrieval, summarize_map
-
-    if task == "perturbation":
-        res = replicate_retrieval(well, null_size=null_size, seed=seed, threshold=threshold,
-                                  on_missing_negcon=on_missing_negcon, source=source)
-    elif task in ("sibling_compound", "sibling_compound_gene"):
-        df = sibling_profiles(pert, task)
-        if df.empty or df["Metadata_TargetGene"].value_counts().max() < 2:
-            empty = pd.DataFrame(columns=["Metadata_TargetGene", "mean_average_precision", "p_value",
-                                          "corrected_p_value", "skip_reason"])
-            summ = {"mAP": np.nan, "mAP_sem": np.nan, "fraction_retrieved": np.nan, "n_groups": 0,
-                    "n_groups_evaluated": 0, "n_groups_skipped": 0,
-                    "skip_reason": "no target gene shared by two perturbations"}
-            return summ, empty
-        pos_diffby = ["Metadata_Perturbation"] if task == "sibling_compound" else ["Metadata_Modality"]
-        neg_diffby = ["Metadata_TargetGene"] if task == "sibling_compound" else ["Metadata_TargetGene",
-                                                                                   "Metadata_Modality"]
-        # compound↔gene: queries are compounds, positives are CRISPR profiles of their target
-        query = df["Metadata_Modality"].eq("compound").to_numpy() if task == "sibling_compound_gene" else None
-        res = retrieval(df, pos_sameby=["Metadata_TargetGene"], pos_diffby=pos_diffby, neg_sameby=[],
-                        neg_diffby=neg_diffby, map_sameby=["Metadata_TargetGene"], null_size=null_size,
-                        seed=seed, threshold=threshold, query_mask=query, source=source)
-    else:
-        raise MorphobenchError(f"unknown retrieval task {task!r}; choose from {list(RETRIEVAL_TASKS)}")
-    summ = summarize_map(res.map, threshold)
-    summ["skip_reason"] = ""
-    return summ, res.map
-
-
 def retrieval_stage(well_path: str | os.PathLike, pert_path: str | os.PathLike, key: Mapping[str, str],
                     tasks: Sequence[str], out_summary: str | os.PathLike, detail_dir: str | os.PathLike,
                     null_size: int = 10000, seed: int = 0, threshold: float = 0.05,
-                    on_missing_negcon: str = "error") -> None:
+                    on_missing_negcon: str = "error", negatives: str = "controls",
+                    condition: Sequence[str] = ("Metadata_CellType", "Metadata_Modality", "Metadata_Timepoint"),
+                    cross_condition: Sequence[str] = ("Metadata_CellType",)) -> None:
+    """JUMP retrieval tasks per condition (:mod:`morphobench.evaluate.retrieval`): the summary
+    table (one row per task × condition + a ``mean ± sd`` row per task) and one per-group detail
+    parquet per task."""
+    from morphobench.evaluate.retrieval import retrieval_table
+
     well = read_table(well_path, what="well profiles")
     pert = read_table(pert_path, what="perturbation profiles")
-    rows = []
+    tab, details = retrieval_table(well, pert, tasks, condition=condition, cross_condition=cross_condition,
+                                   negatives=negatives, null_size=null_size, seed=seed, threshold=threshold,
+                                   on_missing_negcon=on_missing_negcon, source=str(well_path))
     detail_dir = Path(detail_dir)
     for task in tasks:
-        summ, detail = run_retrieval(well, pert, task, null_size=null_size, seed=seed, threshold=threshold,
-                                     on_missing_negcon=on_missing_negcon, source=f"{well_path} [{task}]")
-        write_parquet(_keyed(detail.assign(task=task), key), detail_dir / f"{task}.parquet")
-        rows.append({"task": task, **summ, "null_size": null_size, "seed": seed})
-        log.info("%s: mAP %.4f, fraction retrieved %.3f over %d groups", task, summ["mAP"],
-                 summ["fraction_retrieved"], summ["n_groups"])
-    tab = pd.DataFrame(rows)[["task", "n_groups", "n_groups_evaluated", "n_groups_skipped", "mAP", "mAP_sem",
-                              "fraction_retrieved", "null_size", "seed", "skip_reason"]]
+        write_parquet(_keyed(details[task].assign(task=task), key), detail_dir / f"{task}.parquet")
+    tab.insert(tab.columns.get_loc("skip_reason"), "null_size", null_size)
+    tab.insert(tab.columns.get_loc("skip_reason"), "seed", seed)
     write_tsv(_keyed(tab, key), out_summary)
 
 
@@ -186,26 +157,40 @@ def retrieval_stage(well_path: str | os.PathLike, pert_path: str | os.PathLike, 
 # CellProfiler-feature regression
 # ------------------------------------------------------------------------------------------
 def cp_split_stage(cp_well_path: str | os.PathLike, out: str | os.PathLike, heldout_fraction: float,
-                   seed: int) -> None:
-    from morphobench.evaluate.cp_regression import plate_split
+                   seed: int, holdout: str = "experiment") -> None:
+    """The saved train/test table of the CellProfiler regression (experiments or plates held out)."""
+    from morphobench.evaluate.cp_regression import make_split
 
     wells = read_table(cp_well_path, what="CellProfiler well profiles")
     cols = [c for c in ("Metadata_Batch", "Metadata_Plate") if c in wells.columns]
-    write_tsv(plate_split(wells[cols], heldout_fraction, seed), out)
+    write_tsv(make_split(wells[cols], holdout, heldout_fraction, seed), out)
 
 
 def cp_regression_stage(emb_well_path: str | os.PathLike, cp_well_path: str | os.PathLike,
                         split_path: str | os.PathLike, key: Mapping[str, str],
-                        out: str | os.PathLike) -> None:
-    from morphobench.evaluate.cp_regression import cp_regression
+                        out: str | os.PathLike, model: str = "ols",
+                        categories: Sequence[str] | None = None,
+                        target_normalization: str = "standardize_plate") -> None:
+    """R² per CellProfiler target feature (``categories``; default the paper's five). The targets
+    are the well-level CellProfiler features normalized per plate on their negative controls
+    (``target_normalization``: ``standardize_plate`` (default), ``center_plate`` or ``none``) —
+    the paper is silent; without it the held-out experiment's batch offsets dominate R²."""
+    from morphobench.correct.methods import apply_correction
+    from morphobench.evaluate.cp_regression import PAPER_CATEGORIES, cp_regression
 
+    if target_normalization not in ("standardize_plate", "center_plate", "none"):
+        raise MorphobenchError("cp_regression.target_normalization must be standardize_plate | center_plate | none, "
+                               f"got {target_normalization!r}")
     emb = read_table(emb_well_path, what="embedding well profiles")
     cp = read_table(cp_well_path, what="CellProfiler well profiles")
+    if target_normalization != "none":
+        cp = apply_correction(cp, target_normalization, source=f"{cp_well_path} (targets)")
     split = read_table(split_path, what="plate split")
     keep_meta = ["Metadata_Plate", "Metadata_Well"]
     emb = emb[keep_meta + [c for c in emb.columns if not c.startswith("Metadata_")]]
     cp = cp[keep_meta + [c for c in cp.columns if not c.startswith("Metadata_")]]
-    res = cp_regression(emb, cp, split)
+    res = cp_regression(emb, cp, split, model=model,
+                        categories=PAPER_CATEGORIES if categories is None else categories)
     write_tsv(_keyed(res, key), out)
 
 
@@ -237,13 +222,50 @@ def cp_regression_summary(per_feature_path: str | os.PathLike, out: str | os.Pat
 
 
 def batch_correction_table(known_path: str | os.PathLike, method: str, out: str | os.PathLike,
-                           config_digest: str | None = None, methods: Mapping | None = None) -> None:
-    """MAE-CVPR Table 2 layout: recall per source for every correction of ``method``."""
+                           corrections: Sequence[str] | None = None,
+                           skipped: Mapping[str, Mapping[str, str]] | None = None,
+                           config_digest: str | None = None, methods: Mapping | None = None) -> pd.DataFrame:
+    """MAE-CVPR Table 2 layout: one row per dataset × correction of ``method`` with the recall
+    (top and bottom 5 %) of each source as columns ``recall_5_95_<source>``.
+
+    Rows follow the paper's order (none, PCA, center plate, center experiment, standardize plate,
+    standardize experiment, PCA+standardize plate, PCA+standardize experiment, TVN), first every
+    correction without, then with the chromosome-arm correction (the paper's TVN row is its Table 3
+    protocol, TVN + arm). ``corrections`` (default: those in the table) selects rows;
+    ``skipped`` ({dataset: {correction: reason}}) adds recorded rows for corrections that were not
+    run (e.g. ``+arm`` without an expression table), with NaN recall and the reason.
+    """
+    from morphobench.correct.stage import parse_correction
+
     tab = read_table(known_path, what="known relationships table")
     sub = tab[tab["method"] == method]
     if sub.empty:
         raise MorphobenchError(f"batch-correction table: method {method!r} not in {known_path} "
                                f"(methods: {sorted(tab['method'].unique())})")
-    cols = ["dataset", "method", "correction", "source", "n_genes", "n_pairs", "recall_5_95", "recall_10_90"]
-    write_tsv(sub[cols].sort_values(["dataset", "source", "correction"], kind="stable"), out)
+    sources = list(dict.fromkeys(sub["source"]))
+    wide = sub.pivot_table(index=["dataset", "correction"], columns="source", values="recall_5_95",
+                           aggfunc="first", dropna=False)
+    wide = wide.reindex(columns=sources)
+    wide.columns = [f"recall_5_95_{c}" for c in wide.columns]
+    n_genes = sub.groupby(["dataset", "correction"])["n_genes"].first()
+    wide = wide.join(n_genes).reset_index()
+    wide["skip_reason"] = ""
+    extra = [{"dataset": d, "correction": c, "skip_reason": why}
+             for d, per in (skipped or {}).items() for c, why in per.items()]
+    if extra:
+        wide = pd.concat([wide, pd.DataFrame(extra)], ignore_index=True)
+    if corrections is not None:
+        wide = wide[wide["correction"].isin(list(corrections))]
+    order = {c: i for i, c in enumerate(CORRECTION_ORDER)}
+    parsed = [parse_correction(c) for c in wide["correction"]]
+    wide["base_correction"] = [b for b, _ in parsed]
+    wide["arm"] = [a for _, a in parsed]
+    wide["_k"] = [order[b] + (len(order) if a else 0) for b, a in parsed]
+    wide = wide.sort_values(["dataset", "_k"], kind="stable").drop(columns="_k").reset_index(drop=True)
+    wide.insert(1, "method", method)
+    wide.insert(2, "row", wide.groupby("dataset").cumcount() + 1)
+    cols = ["dataset", "method", "row", "correction", "base_correction", "arm", "n_genes"]
+    wide = wide[cols + [c for c in wide.columns if c.startswith("recall_5_95_")] + ["skip_reason"]]
+    write_tsv(wide, out)
     write_provenance(out, config_digest=config_digest, methods=methods)
+    return wide

@@ -5,7 +5,7 @@ atomically. Layouts follow the papers:
 
 - :func:`recall_curves`        MAE-CVPR Fig. 5 (right): recall vs percentile threshold, per source
 - :func:`recall_by_method`     MAE-CVPR Table 3 layout: recall per source × method (grouped bars)
-- :func:`retrieval_bars`       MAE-CVPR Table 4 layout: mAP / fraction retrieved per task × method, error bars
+- :func:`retrieval_bars`       MAE-CVPR Table 4 layout: mAP / fraction retrieved per task × method, mean ± sd over conditions
 - :func:`r2_by_category`       MAE-CVPR Fig. 6: median R² per CellProfiler category × method
 - :func:`batch_correction_heatmap`  MAE-CVPR Table 2: recall per source × correction
 """
@@ -90,11 +90,20 @@ def recall_by_method(known: pd.DataFrame, path: str | os.PathLike, value: str = 
 
 
 def retrieval_bars(retrieval: pd.DataFrame, path: str | os.PathLike) -> None:
-    """``retrieval``: dataset, method, correction, task, mAP, mAP_sem, fraction_retrieved."""
+    """MAE-CVPR Table 4 layout. ``retrieval``: dataset, method, correction, task, mAP,
+    fraction_retrieved; with a ``condition`` column, the ``mean ± sd`` rows (mean over conditions,
+    error bars = sd over conditions)."""
     _check(retrieval, ["dataset", "method", "correction", "task", "mAP", "fraction_retrieved"], "retrieval")
+    err_map, err_frac = "mAP_sem", None
+    if "condition" in retrieval:
+        from morphobench.evaluate.retrieval import SUMMARY
+
+        retrieval = retrieval[retrieval["condition"] == SUMMARY]
+        _check(retrieval, ["task"], "retrieval (mean ± sd rows)")
+        err_map, err_frac = "mAP_sd", "fraction_retrieved_sd"
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.4), gridspec_kw={"wspace": 0.9})
-    _grouped_bars(axes[0], retrieval, "task", ["method", "correction"], "mAP", err="mAP_sem")
-    _grouped_bars(axes[1], retrieval, "task", ["method", "correction"], "fraction_retrieved")
+    _grouped_bars(axes[0], retrieval, "task", ["method", "correction"], "mAP", err=err_map)
+    _grouped_bars(axes[1], retrieval, "task", ["method", "correction"], "fraction_retrieved", err=err_frac)
     axes[1].set_ylim(0, 1)
     _save(fig, path)
 
@@ -109,16 +118,29 @@ def r2_by_category(summary: pd.DataFrame, path: str | os.PathLike) -> None:
 
 
 def batch_correction_heatmap(table: pd.DataFrame, path: str | os.PathLike, value: str = "recall_5_95") -> None:
-    """``table``: method, correction, source, recall_5_95 (one method, every correction)."""
-    _check(table, ["correction", "source", value], "batch correction")
-    piv = table.pivot_table(index="correction", columns="source", values=value, aggfunc="mean")
-    fig, ax = plt.subplots(figsize=(1.1 * piv.shape[1] + 2.5, 0.45 * piv.shape[0] + 1.5))
+    """MAE-CVPR Table 2 as a heat map, rows in the table's order (the paper's).
+
+    ``table``: the batch-correction table (dataset, method, correction, ``recall_5_95_<source>``
+    columns), or a long table (correction, source, recall_5_95)."""
+    wide_cols = [c for c in table.columns if c.startswith(f"{value}_")]
+    if wide_cols:
+        _check(table, ["correction"] + wide_cols, "batch correction")
+        keys = [k for k in ("dataset", "method") if k in table and table[k].nunique() > 1]
+        labels = [" / ".join([*(str(r[k]) for k in keys), str(r["correction"])]) for _, r in table.iterrows()]
+        piv = pd.DataFrame(table[wide_cols].to_numpy(dtype=float), index=labels,
+                           columns=[c[len(value) + 1:] for c in wide_cols])
+    else:
+        _check(table, ["correction", "source", value], "batch correction")
+        rows = list(dict.fromkeys(table["correction"]))
+        piv = table.pivot_table(index="correction", columns="source", values=value, aggfunc="mean").reindex(rows)
+    fig, ax = plt.subplots(figsize=(1.1 * piv.shape[1] + 3.5, 0.4 * piv.shape[0] + 1.5))
     im = ax.imshow(piv.to_numpy(), cmap="viridis", aspect="auto")
     ax.set_xticks(range(piv.shape[1]), piv.columns, rotation=30, ha="right")
     ax.set_yticks(range(piv.shape[0]), piv.index)
+    mean = np.nanmean(piv.to_numpy()) if np.isfinite(piv.to_numpy()).any() else 0.0
     for (i, j), v in np.ndenumerate(piv.to_numpy()):
-        ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=7,
-                color="white" if v < np.nanmean(piv.to_numpy()) else "black")
+        ax.text(j, i, "skipped" if np.isnan(v) else f"{v:.3f}", ha="center", va="center", fontsize=7,
+                color="white" if not np.isnan(v) and v < mean else "black")
     fig.colorbar(im, ax=ax, label=value)
     methods = sorted(table["method"].unique()) if "method" in table else []
     ax.set_title(f"recall by correction ({', '.join(methods)})", fontsize=9)

@@ -13,6 +13,7 @@ Command line (used by the rules)::
     python -m morphobench.resources ensure --resources-dir resources     # everything missing
 """
 
+from morphobench.resources.gene_sets import read_gene_set, resolve_gene_set
 from morphobench.resources.packages import (
     PACKAGES,
     PackageSpec,
@@ -56,7 +57,9 @@ __all__ = [
     "package_paths",
     "package_spec",
     "parse_corum_clusters",
+    "read_gene_set",
     "read_member",
+    "resolve_gene_set",
     "table_packages",
     "zfpkm_per_gene",
 ]
