@@ -99,8 +99,8 @@ class FeatureMemory(nn.Module):
     def entries(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(embeddings, labels), oldest first."""
         n = int(self.count)
-        if n < self.size:
-            return self.feats[:n], self.labels[:n]
+        if n < self.size:  # copies: the loss built on them must survive the next enqueue
+            return self.feats[:n].clone(), self.labels[:n].clone()
         order = (self.ptr + torch.arange(self.size, device=self.feats.device)) % self.size
         return self.feats[order], self.labels[order]
 
