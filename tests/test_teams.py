@@ -22,7 +22,7 @@ from morphobench.models.teams import (
     rsc_mask,
 )
 
-TINY = {"in_chans": 3, "backbone": "resnet18", "embed_dim": 16}
+TINY = {"in_chans": 3, "backbone": "test_resnet", "embed_dim": 16}  # timm's test-sized ResNet
 
 
 def _batch(b=8, c=3, s=16, k=4, g=2, seed=0):
@@ -60,7 +60,7 @@ def test_exemplar_loss_decreases_on_a_separable_set_and_trains_the_exemplars():
     start = ex.detach().clone()
     opt = torch.optim.Adam([*enc.parameters(), ex], lr=0.05)
     losses = []
-    for _ in range(60):
+    for _ in range(40):
         loss = exemplar_loss(F.normalize(enc(x), dim=1), ex, y)
         opt.zero_grad()
         loss.backward()
@@ -222,12 +222,13 @@ def test_online_negatives_variants_run():
 
 def test_treatment_classifier_heads_per_group():
     torch.manual_seed(0)
-    m = create_model("treatment_classification", in_chans=3, num_classes=4, num_groups=2, backbone="resnet18")
+    m = create_model("treatment_classification", in_chans=3, num_classes=4, num_groups=2,
+                     backbone="test_efficientnet")
     b = _batch()
     out = m(b)
     out["loss"].backward()
     assert m.heads[0].weight.grad.abs().sum() > 0 and m.heads[1].weight.grad.abs().sum() > 0
-    assert m.eval().embed(b["image"]).shape == (8, 512)
+    assert m.eval().embed(b["image"]).shape == (8, m.num_features)
 
 
 def test_triplet_validation_uses_moa_or_treatments():
@@ -244,8 +245,10 @@ def test_triplet_validation_uses_moa_or_treatments():
 
 
 def test_transfer_needs_weights_and_uses_them(tmp_path):
-    """transfer_effnet refuses to run without a weights file; with one (written here from a fresh
-    timm model) it gives 1,280 × C features per cell, equal to the network applied per channel."""
+    """transfer_effnet refuses to run without a weights file; the per-channel network gives F × C
+    features per cell, equal to the network applied to each channel replicated to RGB (the
+    end-to-end run with a weights file written from a fresh efficientnet_b0 is in
+    test_transfer_effnet_plate)."""
     import timm
 
     from morphobench.embed.stages import EmbedInputs
@@ -255,14 +258,15 @@ def test_transfer_needs_weights_and_uses_them(tmp_path):
     with pytest.raises(MorphobenchError, match="needs ImageNet weights"):
         embed_transfer(spec, "P1", EmbedInputs(crops="x"))
     torch.manual_seed(0)
-    net = timm.create_model("efficientnet_b0", num_classes=0).eval()
+    net = timm.create_model("test_efficientnet", num_classes=0).eval()
     x = torch.rand(2, 3, 32, 32)
     model = ChannelwiseTransfer(net).eval()
     with torch.no_grad():
         z = model(x)
         ref = net((x[:, 1:2].expand(-1, 3, -1, -1) - model.mean) / model.std)
-    assert z.shape == (2, 3 * 1280)
-    assert torch.allclose(z[:, 1280:2560], ref, atol=1e-5)
+    f = net.num_features
+    assert z.shape == (2, 3 * f)
+    assert torch.allclose(z[:, f:2 * f], ref, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -312,7 +316,8 @@ def test_tiny_teams_trains_through_the_framework(tmp_path):
     split = treatment_folds(wells, n_folds=3, seed=0)
     split.to_csv(tmp_path / "split.tsv", sep="\t", index=False)
     spec = get("teams").to_spec({"epochs": 2, "batch_size": 8, "steps_per_epoch": 3, "embed_dim": 8,
-                                 "memory_size": 16, "downsample": 1, "device": "cpu"})
+                                 "memory_size": 16, "downsample": 1, "device": "cpu",
+                                 "backbone": "test_resnet"})
     out = train_method(spec, tmp_path / "index.parquet", tmp_path / "split.tsv", tmp_path / "wells.parquet",
                        tmp_path / "m" / "model.pt")
     log = pd.read_csv(tmp_path / "m" / "train_log.tsv", sep="\t")
@@ -323,7 +328,8 @@ def test_tiny_teams_trains_through_the_framework(tmp_path):
     assert payload["vocab"]["groups"] == ["B1", "B2"] and model.n_experts == 2
     # Table 3: training on one group only builds one expert
     spec1 = get("teams").to_spec({"epochs": 1, "batch_size": 8, "steps_per_epoch": 2, "embed_dim": 8,
-                                  "memory_size": 0, "downsample": 1, "device": "cpu", "train_groups": ["B1"]})
+                                  "memory_size": 0, "downsample": 1, "device": "cpu", "train_groups": ["B1"],
+                                  "backbone": "test_resnet"})
     out1 = train_method(spec1, tmp_path / "index.parquet", tmp_path / "split.tsv", tmp_path / "wells.parquet",
                         tmp_path / "m1" / "model.pt")
     m1, p1 = load_trained(out1)
@@ -348,3 +354,26 @@ def test_treatment_folds_never_train_on_controls_or_share_treatments():
     assert not s.loc[s["split"] == "train", "Metadata_PertType"].ne("trt").any()
     per_fold = s[s["Metadata_PertType"] == "trt"].groupby(["fold", "Metadata_Perturbation"])["split"].nunique()
     assert (per_fold == 1).all()
+
+
+def test_transfer_effnet_plate(tmp_path):
+    """transfer_effnet end to end on a crop store, with a weights file this test writes from a
+    fresh timm efficientnet_b0: 1,280 × C features per cell; a file that does not fit: an error."""
+    import timm
+
+    from morphobench.embed.stages import EmbedInputs
+    from morphobench.methods import get
+    from morphobench.models.teams import embed_transfer
+
+    _tiny_store(tmp_path, n_per=2, treatments=2, size=16)
+    torch.manual_seed(0)
+    torch.save(timm.create_model("efficientnet_b0", num_classes=1000).state_dict(), tmp_path / "effnet.pth")
+    spec = get("transfer_effnet").to_spec({"weights": str(tmp_path / "effnet.pth"), "batch_size": 4})
+    rows = embed_transfer(spec, "P1", EmbedInputs(crops=str(tmp_path / "index.parquet"), device="cpu"))
+    feats = rows.filter(like="emb_")
+    assert feats.shape == (6, 3 * 1280) and np.isfinite(feats.to_numpy()).all()
+    assert {"Metadata_Plate", "Metadata_Well", "Metadata_ObjectNumber"} <= set(rows.columns)
+    torch.save(timm.create_model("resnet18", num_classes=0).state_dict(), tmp_path / "wrong.pth")
+    spec = get("transfer_effnet").to_spec({"weights": str(tmp_path / "wrong.pth")})
+    with pytest.raises(MorphobenchError, match="does not fit"):
+        embed_transfer(spec, "P1", EmbedInputs(crops=str(tmp_path / "index.parquet"), device="cpu"))
