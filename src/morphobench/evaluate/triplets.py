@@ -333,7 +333,25 @@ def test_cells(emb_rows: pd.DataFrame, wells: pd.DataFrame, split: pd.DataFrame,
     return cells
 
 
-def triplet_stage(emb_path: str | os.PathLike, wells_path: str | os.PathLike, split_path: str | os.PathLike,
+def random_cells(crops_index: str | os.PathLike, dim: int = 1024, seed: int = 0) -> pd.DataFrame:
+    """The cell-level form of the ``random`` baseline (the MoA-triplet floor): one N(0, 1)
+    ``dim``-D vector per cell of a crop index, a function of (seed, plate, well, site, object)
+    only."""
+    from morphobench.embed.baselines import _key_seed
+    from morphobench.embed.learned import crop_metadata
+    from morphobench.training.data import index_rows
+
+    rows = index_rows(crops_index)
+    meta = crop_metadata(rows)
+    out = np.empty((len(meta), dim), dtype=np.float32)
+    keys = zip(meta["Metadata_Plate"], meta["Metadata_Well"], meta["Metadata_Site"], meta["Metadata_ObjectNumber"],
+               strict=True)
+    for i, (p, w, s, o) in enumerate(keys):
+        out[i] = np.random.default_rng(_key_seed(seed, str(p), str(w), str(s), str(o))).standard_normal(dim, np.float32)
+    return pd.concat([meta, pd.DataFrame(out, columns=[f"emb_{j:04d}" for j in range(dim)])], axis=1)
+
+
+def triplet_stage(emb_path: str | os.PathLike | pd.DataFrame, wells_path: str | os.PathLike, split_path: str | os.PathLike,
                   key: Mapping[str, object], out: str | os.PathLike, *, fold: int = 0,
                   moa_col: str = "Metadata_MoA", sep: str = "|", n_treatment_triplets: int = 1000,
                   seed: int = 0, n_boot: int = 1000, tasks: Sequence[str] = TASKS,
@@ -349,7 +367,9 @@ def triplet_stage(emb_path: str | os.PathLike, wells_path: str | os.PathLike, sp
     from morphobench.training.splits import read_split
 
     source = f"MoA triplets ({emb_path})"
-    rows = read_table(emb_path, what="cell embeddings")
+    rows = emb_path if isinstance(emb_path, pd.DataFrame) else read_table(emb_path, what="cell embeddings")
+    if isinstance(emb_path, pd.DataFrame):
+        source = f"MoA triplets ({key.get('method', 'embeddings')})"
     feats = feature_columns(rows)
     if not feats:
         raise MorphobenchError(f"{source}: no feature columns")

@@ -100,15 +100,20 @@ def _restrict_groups(rows, cfg: TrainConfig, name: str):
     return rows[keep].reset_index(drop=True)
 
 
-def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """(model in eval mode, payload) from a ``model.pt`` written by :func:`train_method`."""
+def read_payload(path: str | os.PathLike) -> dict:
+    """The dict of a ``model.pt`` written by :func:`train_method` (errors name the file)."""
     path = Path(path)
     if not path.is_file():
         raise MorphobenchError(f"trained model not found: {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
         raise MorphobenchError(f"cannot read trained model {path}: {err}") from err
+
+
+def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """(model in eval mode, payload) from a ``model.pt`` written by :func:`train_method`."""
+    payload = read_payload(path)
     vocab = Vocab.from_dict(payload["vocab"])
     cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in payload["train_config"].items()})
     model = build_model(payload["model"], payload["model_kwargs"], in_chans=len(payload["channels"]),
