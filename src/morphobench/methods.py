@@ -193,9 +193,9 @@ register(Method(
 # CPU-sized defaults (README "Methods"); the paper's settings are in config/paper/teams_bbbc.yaml:
 # Adam 1e-3, exponential decay γ 0.9, 40 epochs, batch 768, memory 2,816, 128² crops. The paper
 # gives no optimizer for the baselines: they use the TEAMs settings.
-_TEAMS_TRAIN = {"optimizer": "adam", "lr": 1e-3, "schedule": "exponential", "gamma": 0.9, "epochs": 4,
-                "batch_size": 64, "steps_per_epoch": 12, "downsample": 2, "group_col": "Metadata_Batch",
-                "moa_col": "Metadata_MoA", "moa_sep": "|", "val_seed": 0}
+_TEAMS_TRAIN = {"optimizer": "adam", "lr": 1e-3, "schedule": "exponential", "gamma": 0.9, "epochs": 5,
+                "batch_size": 64, "steps_per_epoch": 40, "downsample": 4, "normalize": "unit",
+                "group_col": "Metadata_Batch", "moa_col": "Metadata_MoA", "moa_sep": "|", "val_seed": 0}
 _TEAMS_PAPER = "TEAMs (Wang et al. 2021)"
 
 
