@@ -204,3 +204,37 @@ def test_summarize_folds():
     s = T.summarize_folds(tab).iloc[0]
     assert s["accuracy_mean"] == pytest.approx(0.7) and s["accuracy_sd"] == pytest.approx(0.1)
     assert s["n_folds"] == 3 and s["n_triplets"] == 30
+
+
+def test_paper_tables(tmp_path):
+    """Tables 2/4/6/3 from a gathered table: mean ± sd over folds, paper groups a/b/c."""
+    from morphobench.evaluate import teams_tables as TT
+
+    rows = []
+    for method, acc in (("teams", 0.7), ("online_negatives", 0.6), ("treatment_classification", 0.55), ("random", 0.5)):
+        for fold, d in ((0, -0.05), (1, 0.05)):
+            for task in T.TASKS:
+                rows.append({"dataset": "d", "method": method, "fold": fold, "task": task, "expert_mode": "mean",
+                             "test_group": "all", "n_triplets": 10, "accuracy": acc + d})
+    trip = pd.DataFrame(rows)
+    trip.to_csv(tmp_path / "moa_triplets.tsv", sep="\t", index=False)
+    t2 = TT.write_table("teams_table2", tmp_path / "moa_triplets.tsv", tmp_path / "t2.tsv")
+    assert list(t2["method"]) == ["treatment_classification", "online_negatives", "teams", "random"]
+    assert list(t2["group"]) == ["a", "b", "c", "other"]
+    r = t2.set_index("method").loc["teams"]
+    assert r["single_cell_mean"] == pytest.approx(0.7) and r["single_cell_sd"] == pytest.approx(np.std([0.65, 0.75], ddof=1))
+    assert r["average_mean"] == pytest.approx(0.7) and r["n_folds"] == 2
+    assert (tmp_path / "t2.tsv.provenance.json").exists()
+    t4 = TT.table4(trip)
+    assert list(t4.columns) == ["dataset", "group", "method", "treatment_mean", "treatment_sd", "n_folds"]
+    modes = pd.concat([trip[trip["method"] == "teams"].assign(expert_mode=m) for m in ("random", "mean", "oracle")])
+    t6 = TT.table6(modes[modes["task"] != "treatment"])
+    assert list(t6["expert_mode"]) == ["mean", "random", "oracle"] and "sum_mean" in t6
+    held = pd.concat([trip[trip["method"] == "teams"].assign(held_out=h, test_group=g)
+                      for h in ("none", "B1") for g in ("all", "B1", "B2")])
+    t3 = TT.table3(held)
+    assert len(t3) == 6 and {"held_out", "test_group", "single_cell_mean"} <= set(t3.columns)
+    trip[trip["method"] != "teams"].to_csv(tmp_path / "no_teams.tsv", sep="\t", index=False)
+    with pytest.raises(MorphobenchError, match="no rows"):
+        TT.write_table("teams_table5", tmp_path / "no_teams.tsv", tmp_path / "t5.tsv")
+    assert not (tmp_path / "t5.tsv").exists()
