@@ -53,14 +53,37 @@ def test_schema_method_enum_comes_from_the_registry_only():
 
 
 def test_all_stands_for_every_registered_method():
+    """`all` = every registered method that needs no user file (those are left out, said so)."""
+    runnable = [n for n, m in methods.REGISTRY.items() if not m.needs]
     names = [c.name for c in methods.resolve(["all"])]
-    assert names == list(methods.REGISTRY)
+    assert names == runnable
     mixed = methods.resolve([{"name": "random", "params": {"dim": 8}}, "all",
                              {"name": "mine", "kind": "embeddings", "path": "p"}])
-    assert [c.name for c in mixed] == ["random", *[n for n in methods.REGISTRY if n != "random"], "mine"]
+    assert [c.name for c in mixed] == ["random", *[n for n in runnable if n != "random"], "mine"]
     assert mixed[0].overrides == {"dim": 8}
     cfg = yaml.safe_load((REPO / "config" / "all_methods.yaml").read_text())
     assert "all" in cfg["methods"]
+
+
+def test_a_method_that_needs_a_file(tmp_path, capsys):
+    """transfer_effnet needs ImageNet weights: `all` leaves it out (saying so); listed without
+    them it is an error naming the parameter; a missing file is an error before the run."""
+    assert methods.REGISTRY["transfer_effnet"].needs
+    names = [c.name for c in methods.resolve(["all"])]
+    assert "transfer_effnet" not in names
+    assert "transfer_effnet" in capsys.readouterr().err
+    with pytest.raises(MorphobenchError, match=r"transfer_effnet.*params.weights"):
+        methods.resolve(["transfer_effnet"])
+    c = methods.resolve([{"name": "transfer_effnet", "params": {"weights": "w/effnet.pth"}}])
+    assert methods.needed_files(c[0]) == {"weights": "w/effnet.pth"}
+    with pytest.raises(MorphobenchError, match="file not found"):
+        methods.check_files(c, ["simulated"], base=tmp_path)
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "effnet.pth").write_bytes(b"x")
+    methods.check_files(c, ["simulated"], base=tmp_path)
+    # all + the method listed with its file: it runs, in registry order
+    both = methods.resolve(["all", {"name": "transfer_effnet", "params": {"weights": "w/effnet.pth"}}])
+    assert "transfer_effnet" in [x.name for x in both]
 
 
 def test_resolve_names_params_and_user_entries(tmp_path):

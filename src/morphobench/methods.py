@@ -47,6 +47,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -85,6 +86,10 @@ class Method:
     paper: str = ""
     #: config-level extras of a user method (kind, path, arch, weights)
     user: Mapping[str, Any] = field(default_factory=dict)
+    #: parameters naming a local file the config must give (name → what the file is; e.g. ImageNet
+    #: weights): without them the method stops with an error naming the parameter, and
+    #: ``methods: [all]`` leaves it out (said so on stderr); the file must exist before the run
+    needs: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def crop_kind(self) -> str | None:
@@ -185,6 +190,54 @@ register(Method(
 
 
 # ---- TEAMs family (TEAMs paper; models/teams.py) -----------------------------------------------
+# CPU-sized defaults (README "Methods"); the paper's settings are in config/paper/teams_bbbc.yaml:
+# Adam 1e-3, exponential decay γ 0.9, 40 epochs, batch 768, memory 2,816, 128² crops. The paper
+# gives no optimizer for the baselines: they use the TEAMs settings.
+_TEAMS_TRAIN = {"optimizer": "adam", "lr": 1e-3, "schedule": "exponential", "gamma": 0.9, "epochs": 5,
+                "batch_size": 64, "steps_per_epoch": 40, "downsample": 4, "normalize": "unit",
+                "group_col": "Metadata_Batch", "moa_col": "Metadata_MoA", "moa_sep": "|", "val_seed": 0}
+_TEAMS_PAPER = "TEAMs (Wang et al. 2021)"
+
+
+def _teams(name: str, model: str, description: str, table: str, **defaults: Any) -> None:
+    register(Method(name, "teams", input="cell128", level="cell", trains=True, model=model,
+                    split="treatment_folds", defaults={**_TEAMS_TRAIN, **defaults}, description=description,
+                    paper=f"{_TEAMS_PAPER} {table}"))
+
+
+_teams("teams", "teams", "ResNet-18 → one linear expert per variation group (512-D each, concatenated at "
+       "inference), treatment exemplars (ProxyNCA), cross-batch memory", "Table 2c",
+       backbone="resnet18", embed_dim=512, experts=True, memory_size=256, temperature=1.0)
+_teams("teams_effnet", "teams", "TEAMs with an EfficientNet-B0 backbone", "Table 5",
+       backbone="efficientnet_b0", embed_dim=512, experts=True, memory_size=256, temperature=1.0)
+_teams("teams_exemplars", "teams", "ablation: treatment exemplars only (one shared projection, no memory)",
+       "Table 2c", backbone="resnet18", embed_dim=512, experts=False, memory_size=0, temperature=1.0)
+_teams("teams_exemplars_moe", "teams", "ablation: treatment exemplars + variation experts (no memory)",
+       "Table 2c", backbone="resnet18", embed_dim=512, experts=True, memory_size=0, temperature=1.0)
+_teams("online_negatives", "online_negatives", "ResNet-18 → 512-D; margin loss (m 0.3) over all positive × "
+       "negative pairs of batches of same-treatment pairs", "Table 2b",
+       backbone="resnet18", embed_dim=512, experts=False, margin=0.3, adversarial=0.0, rsc_features=0.0,
+       rsc_rows=0.0, sampler="pairs")
+_teams("online_negatives_adversarial", "online_negatives", "online negatives + a linear variation-group "
+       "classifier on the backbone features through gradient reversal × 1e-2", "Table 2b",
+       backbone="resnet18", embed_dim=512, experts=False, margin=0.3, adversarial=0.01, rsc_features=0.0,
+       rsc_rows=0.0, sampler="pairs")
+_teams("online_negatives_rsc", "online_negatives", "online negatives + self-challenging (mute the 50 % most "
+       "important features on 1/3 of each batch)", "Table 2b",
+       backbone="resnet18", embed_dim=512, experts=False, margin=0.3, adversarial=0.0, rsc_features=0.5,
+       rsc_rows=1 / 3, sampler="pairs")
+_teams("online_negatives_moe", "online_negatives", "online negatives with one expert per variation group",
+       "Table 2b", backbone="resnet18", embed_dim=512, experts=True, margin=0.3, adversarial=0.0,
+       rsc_features=0.0, rsc_rows=0.0, sampler="pairs")
+_teams("treatment_classification", "treatment_classification", "weakly supervised: EfficientNet-B0 + one "
+       "treatment classifier per variation group; 1,280-D pooled features", "Table 2a",
+       backbone="efficientnet_b0", per_group_heads=True)
+register(Method(
+    "transfer_effnet", "teams", input="cell128", level="cell", embed="morphobench.models.teams:embed_transfer",
+    defaults={"weights": None, "arch": "efficientnet_b0", "batch_size": 32, "crop_size": None, "channels": []},
+    needs={"weights": "a local file with the ImageNet weights of timm's efficientnet_b0 (a state_dict)"},
+    description="ImageNet EfficientNet-B0 on each channel replicated to RGB, pooled features concatenated "
+                "(1,280 × C); weights from a local file, never random", paper=f"{_TEAMS_PAPER} Table 2a"))
 
 # ---- MAE family: MAE-ViT, CA-MAE, MU-Net, WSL, ImageNet ViTs (MAE-W / MAE-CVPR; models/mae.py …) --
 
@@ -259,8 +312,16 @@ def resolve(entries: Iterable[Any], where: str = "methods") -> list[Configured]:
     expanded: list[tuple[str, Any]] = []
     for i, e in enumerate(entries):
         if e == ALL:
-            expanded += [(f"{where}[{i}] (all: {n})", n) for n in REGISTRY if n not in {
-                x if isinstance(x, str) else x.get("name") for x in entries if x != ALL}]
+            listed = {x if isinstance(x, str) else x.get("name") for x in entries if x != ALL}
+            for n in REGISTRY:
+                if n in listed:
+                    continue
+                if REGISTRY[n].needs:
+                    print(f"morphobench: methods: all leaves out {n!r}: it needs "
+                          f"{', '.join(f'params.{k} ({v})' for k, v in REGISTRY[n].needs.items())}; "
+                          f"list it as {{name: {n}, params: {{...}}}} to run it", file=sys.stderr)
+                    continue
+                expanded.append((f"{where}[{i}] (all: {n})", n))
         else:
             expanded.append((f"{where}[{i}]", e))
     for key, e in expanded:
@@ -280,6 +341,10 @@ def resolve(entries: Iterable[Any], where: str = "methods") -> list[Configured]:
                 c = Configured(m, dict(params))
         else:
             raise MorphobenchError(f"{key}: a method is a name or a mapping, got {e!r}")
+        for p, what in c.method.needs.items():
+            if c.method.params(c.overrides).get(p) in (None, ""):
+                raise MorphobenchError(f"{key}: method {c.name!r} needs params.{p}: {what} "
+                                       f"(e.g. {{name: {c.name}, params: {{{p}: ...}}}})")
         if c.name in seen:
             raise MorphobenchError(f"{key}: method {c.name!r} listed twice")
         seen.add(c.name)
@@ -296,6 +361,12 @@ def get_for(name: Any, key: str) -> Method:
     return REGISTRY[name]
 
 
+def needed_files(c: Configured) -> dict[str, str]:
+    """The local files a configured method's ``needs`` name (parameter → path)."""
+    params = c.method.params(c.overrides)
+    return {p: str(params[p]) for p in c.method.needs if params.get(p) not in (None, "")}
+
+
 def check_files(configured: Iterable[Configured], datasets: Iterable[str], base: str | os.PathLike = ".") -> None:
     """Bring-your-own files must exist before the run starts (errors name the method and file)."""
     for c in configured:
@@ -305,7 +376,10 @@ def check_files(configured: Iterable[Configured], datasets: Iterable[str], base:
                 p = Path(base) / m.user["path"].format(dataset=ds)
                 if not p.is_file():
                     raise MorphobenchError(f"method {m.name}: embeddings file not found: {p}")
-        elif m.kind == "timm" and m.user["weights"] != "random":
+        for p, v in needed_files(c).items():
+            if not (Path(base) / v).is_file():
+                raise MorphobenchError(f"method {m.name}: params.{p}: file not found: {Path(base) / v}")
+        if m.kind == "timm" and m.user["weights"] != "random":
             p = Path(base) / m.user["weights"]
             if not p.is_file():
                 raise MorphobenchError(f"method {m.name}: weights file not found: {p} "

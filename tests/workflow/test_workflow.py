@@ -137,7 +137,11 @@ def test_tiny_config_runs_end_to_end(tmp_path, resources_dir):
     mine.to_parquet(tmp_path / "data" / "my_wells.parquet")
     torch.manual_seed(0)
     torch.save(timm.create_model("resnet18", num_classes=0).state_dict(), tmp_path / "data" / "resnet18.pth")
-    methods = ["random", "pixel_stats", "cellprofiler", {"name": "tiny_ae", "params": {"epochs": 2}},
+    teams = {"name": "teams", "params": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 8, "embed_dim": 8,
+                                         "memory_size": 16, "downsample": 1, "backbone": "test_resnet"}}
+    base.update({"splits": {"treatment_folds": {"n_folds": 3}},
+                 "teams": {"triplets": {"n_boot": 100, "n_treatment_triplets": 200}, "umap": {"methods": ["teams"]}}})
+    methods = ["random", "pixel_stats", "cellprofiler", {"name": "tiny_ae", "params": {"epochs": 2}}, teams,
                {"name": "my_profiles", "kind": "embeddings", "path": "data/my_wells.parquet"},
                {"name": "my_resnet", "kind": "timm", "arch": "resnet18", "weights": "data/resnet18.pth",
                 "input": "cell128"}]
@@ -159,7 +163,7 @@ def test_tiny_config_runs_end_to_end(tmp_path, resources_dir):
     assert (tmp_path / "results" / "figures" / "example_sites_simulated.png").stat().st_size > 10_000
     # every results table, with its key columns, one row per configured combination
     res = tmp_path / "results"
-    methods = ["random", "pixel_stats", "cellprofiler", "tiny_ae", "my_profiles", "my_resnet"]
+    methods = ["random", "pixel_stats", "cellprofiler", "tiny_ae", "teams", "my_profiles", "my_resnet"]
     corrections = ["none", "tvn"]
     known = pd.read_csv(res / "known_relationships.tsv", sep="\t")
     assert list(known.columns[:8]) == ["dataset", "method", "correction", "source", "n_genes", "n_pairs",
@@ -213,6 +217,21 @@ def test_tiny_config_runs_end_to_end(tmp_path, resources_dir):
     assert len(crops) > 0 and crops["Metadata_Plate"].nunique() == 2
     cp = pd.read_parquet(res / "simulated" / "profiles" / "cellprofiler" / "well.parquet")
     assert "Nuclei_AreaShape_Area" in cp.columns and cp["Metadata_PertType"].notna().all()
+    # TEAMs: MoA triplets of every cell-level method (+ the random floor, one vector per cell),
+    # expert modes of teams, the paper tables and the UMAP
+    trip = pd.read_csv(res / "moa_triplets.tsv", sep="\t")
+    assert set(trip["method"]) == {"random", "tiny_ae", "teams", "my_resnet"}
+    assert set(trip["task"]) == {"single_cell", "single_cell_other_treatment", "vs_control", "treatment"}
+    assert (trip["fold"] == 0).all() and trip["accuracy"].dropna().between(0, 1).all()
+    assert trip.loc[trip["task"] == "single_cell", "n_triplets"].gt(0).all()
+    modes = pd.read_csv(res / "teams_expert_modes.tsv", sep="\t")
+    assert set(modes["method"]) == {"teams"} and set(modes["expert_mode"]) == {"mean", "random", "oracle"}
+    t2 = pd.read_csv(res / "teams_table2.tsv", sep="\t")
+    assert {"dataset", "group", "method", "single_cell_mean", "vs_control_mean"} <= set(t2.columns)
+    assert t2.set_index("method").loc["teams", "group"] == "c"
+    for fig in ("teams_table2", "teams_table4", "teams_table6", "teams_umap/simulated/teams"):
+        assert (res / "figures" / f"{fig}.png").stat().st_size > 5_000, fig
+    assert not (res / "teams_table3.tsv").exists()  # two batches: no held-out-group table
     # every rule wrote a log; no temporary files left behind
     assert any((tmp_path / "logs").rglob("*.log"))
     assert not [p for p in tmp_path.rglob("*.tmp")]

@@ -24,6 +24,8 @@ def embed_plate_inputs(w):
         d["model"] = f"{ds}/models/{w.method}/model.pt"
     if m.kind == "timm" and m.user["weights"] != "random":
         d["weights"] = m.user["weights"]
+    for p, path in MB_METHODS.needed_files(configured(w.method)).items():
+        d[f"needs_{p}"] = path
     return d
 
 

@@ -161,7 +161,7 @@ def arm_skips():
     """+arm rows recorded as skipped in the batch-correction table (correct.missing_expression: skip)."""
     return {d: {c: f"no expression table for the cell line of {d} (correct.expression.{d})"
                 for c in BC["corrections"] if c.endswith("+arm")}
-            for d in gene_datasets() if arm_skipped(d)}
+            for d in DATASETS if arm_skipped(d)}
 
 
 rule gather_table:

@@ -48,6 +48,8 @@ class TrainConfig:
     group_col: str = "Metadata_Batch"
     #: split labels trained on (controls are never in "train")
     train_splits: tuple[str, ...] = ("train",)
+    #: train (and validate) only on these values of ``group_col`` (empty: all; TEAMs Table 3)
+    train_groups: tuple[str, ...] = ()
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
@@ -68,7 +70,7 @@ TRAIN_KEYS = frozenset(f.name for f in fields(TrainConfig))
 def split_params(params: Mapping[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
     """Method params → (training config, model keyword arguments)."""
     tr = {k: v for k, v in params.items() if k in TRAIN_KEYS}
-    for k in ("betas", "channels", "train_splits"):
+    for k in ("betas", "channels", "train_splits", "train_groups"):
         if k in tr and tr[k] is not None:
             tr[k] = tuple(tr[k])
     cfg = TrainConfig(**tr)
