@@ -233,15 +233,16 @@ for _size, _label in (("s", "ViT-S"), ("b", "ViT-B"), ("l", "ViT-L")):
                 description=f"MAE {_label}/{_patch}{' + Fourier loss (α 0.01)' if _plus else ''}: mean of the "
                             "final layer's patch tokens",
                 paper="MAE-W §3, MAE-CVPR §4.2" + (" / Eq. 3" if _plus else "")))
-for _size, _label in (("s", "ViT-S"), ("b", "ViT-B")):
-    for _plus in (False, True):
-        register(Method(
+for _size, _label, _plus in (("s", "ViT-S", False), ("s", "ViT-S", True), ("b", "ViT-B", False),
+                              ("b", "ViT-B", True), ("l", "ViT-L", True)):
+    register(Method(
             f"ca_mae_{_size}16{'+' if _plus else ''}", "mae", input="tile256", level="tile", trains=True,
             model="ca_mae", split="holdout_batches",
             defaults={**_MAE_TRAIN, "size": _size, "patch_size": 16, **_MAE_CPU[_size], "decoder_dim": 64,
-                      "decoder_depth": 1, "decoder_heads": 4, "mask_ratio": 0.75, "mask_mode": "per_channel",
-                      "embed_mode": "mean", "fourier_weight": 0.01 if _plus else 0.0, "drop_path": 0.1,
-                      "lr": 1e-4, "epochs": 6, "steps_per_epoch": 8},
+                      "decoder_depth": 1, "decoder_heads": 4, "mask_ratio": 0.85 if _size == "l" else 0.75,
+                      "mask_mode": "per_channel", "embed_mode": "mean", "fourier_weight": 0.01 if _plus else 0.0,
+                      "drop_path": 0.3 if _size == "l" else 0.1, "lr": 3e-5 if _size == "l" else 1e-4,
+                      "epochs": 6, "steps_per_epoch": 8, **(_MAE_SHORT if _size == "l" else {})},
             description=f"channel-agnostic MAE {_label}/16{' + Fourier loss' if _plus else ''}: shared patch "
                         "projection, per-channel masks and decoders; any channels at inference",
             paper="MAE-CVPR §4.2.2"))
