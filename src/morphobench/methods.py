@@ -26,6 +26,10 @@ A method (:class:`Method`)
 ``defaults``  parameters (model + training); a config entry ``{name: X, params: {...}}`` overrides
 ``nonfinite`` ``error`` (NaN/inf in a profile is an error naming the file) or ``drop_features``
               (features with NaN/inf in any well are dropped and logged: CellProfiler)
+``needs``     parameters naming local files the method cannot run without (parameter → what the
+              file is, e.g. ImageNet ``weights``; the default may be a path or ``None``): a
+              configured method without the parameter, or whose file is missing, stops the run with
+              an error naming both; ``methods: [all]`` leaves such a method out, with a warning
 
 Bring your own (config ``methods:``, no code change)
 ----------------------------------------------------
@@ -45,15 +49,17 @@ methods without editing this package.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import re
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from morphobench.io import MorphobenchError
+
+_log = logging.getLogger("morphobench.methods")
 
 #: Inputs a method can read: the plate map only, whole sites, or a crop kind.
 INPUTS: tuple[str, ...] = ("none", "site", "cell128", "cell112", "tile256")
@@ -86,9 +92,9 @@ class Method:
     paper: str = ""
     #: config-level extras of a user method (kind, path, arch, weights)
     user: Mapping[str, Any] = field(default_factory=dict)
-    #: parameters naming a local file the config must give (name → what the file is; e.g. ImageNet
-    #: weights): without them the method stops with an error naming the parameter, and
-    #: ``methods: [all]`` leaves it out (said so on stderr); the file must exist before the run
+    #: parameters naming a local file (name → what the file is; e.g. ImageNet weights): without
+    #: it the method stops with an error naming the parameter, and ``methods: [all]`` leaves it
+    #: out (a logged warning); the file must exist before the run
     needs: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -104,13 +110,20 @@ class Method:
         parameter (:class:`morphobench.training.config.TrainConfig`); other unknown keys raise,
         naming the method."""
         out = dict(self.defaults)
-        allowed = set(out) | (_train_keys() if self.trains else set())
+        allowed = set(out) | (_train_keys() | _embed_keys() if self.trains else set())
         for k, v in (overrides or {}).items():
             if k not in allowed:
                 raise MorphobenchError(f"methods: {self.name}: unknown parameter {k!r}; "
                                        f"known: {sorted(allowed)}")
             out[k] = v
         return out
+
+    def missing_files(self, params: Mapping[str, Any] | None = None, base: str | os.PathLike = ".") -> dict[str, str]:
+        """``{parameter: file}`` of the ``needs`` files (``params`` applied) not set (``""``) or
+        missing under ``base``."""
+        p = self.params(params)
+        return {k: "" if p.get(k) in (None, "") else str(p[k]) for k in self.needs
+                if p.get(k) in (None, "") or not (Path(base) / str(p[k])).is_file()}
 
     def parts_path(self, dataset: str, plate: str) -> str:
         return (self.parts or DEFAULT_PARTS).format(dataset=dataset, method=self.name, plate=plate)
@@ -131,6 +144,12 @@ def _train_keys() -> set[str]:
     from morphobench.training.config import TRAIN_KEYS
 
     return set(TRAIN_KEYS)
+
+
+def _embed_keys() -> set[str]:
+    from morphobench.training.config import EMBED_KEYS
+
+    return set(EMBED_KEYS)
 
 
 def register(method: Method) -> Method:
@@ -157,6 +176,9 @@ def _check(m: Method) -> None:
         raise MorphobenchError(f"method {m.name}: needs an embed function or a parts template")
     if m.nonfinite not in ("error", "drop_features"):
         raise MorphobenchError(f"method {m.name}: nonfinite must be error|drop_features")
+    missing = [k for k in m.needs if k not in m.defaults]
+    if missing:
+        raise MorphobenchError(f"method {m.name}: needed file parameter(s) {missing} missing from its defaults")
 
 
 def get(name: str) -> Method:
@@ -240,6 +262,91 @@ register(Method(
                 "(1,280 × C); weights from a local file, never random", paper=f"{_TEAMS_PAPER} Table 2a"))
 
 # ---- MAE family: MAE-ViT, CA-MAE, MU-Net, WSL, ImageNet ViTs (MAE-W / MAE-CVPR; models/mae.py …) --
+# Registry defaults are CPU-sized (the default screen on 2 cores): the papers' recipes (optimizer,
+# learning rate, betas, weight decay, schedule, mask ratio, Fourier weight, drop-path, LayerScale,
+# QK-norm, parallel blocks, patch size, width) with shallower encoders, light decoders and short
+# schedules; config/paper/mae_rxrx3.yaml and mae_jump.yaml restore the papers' sizes (README
+# "Methods" lists both). Inputs: whole 256² tiles (random flips in training; the default screen's
+# sites are one tile each, so a "random 256² crop" is the whole tile).
+_MAE_TRAIN = {"optimizer": "lion", "betas": [0.9, 0.95], "weight_decay": 0.05, "schedule": "cosine",
+              "batch_size": 16, "flips": True, "rot90": False, "normalize": "self", "val_batches": 4}
+_MAE_CPU = {"s": {"depth": 2}, "b": {"depth": 2}, "l": {"depth": 2}}
+_MAE_SHORT = {"epochs": 3, "steps_per_epoch": 6}  # L and patch-8 variants on the CPU (README)
+for _size, _label in (("s", "ViT-S"), ("b", "ViT-B"), ("l", "ViT-L")):
+    for _patch in (16, 8):
+        for _plus in (False, True):
+            _short = _size == "l" or _patch == 8
+            register(Method(
+                f"mae_vit_{_size}{_patch}{'+' if _plus else ''}", "mae", input="tile256", level="tile",
+                trains=True, model="mae_vit", split="holdout_batches",
+                defaults={**_MAE_TRAIN, "size": _size, "patch_size": _patch, **_MAE_CPU[_size],
+                          "decoder_dim": 128, "decoder_depth": 1, "decoder_heads": 4, "mask_ratio": 0.75,
+                          "fourier_weight": 0.01 if _plus else 0.0, "drop_path": 0.3 if _size == "l" else 0.1,
+                          "lr": 3e-5 if _size == "l" else 1e-4, "epochs": 6, "steps_per_epoch": 8,
+                          **(_MAE_SHORT if _short else {})},
+                description=f"MAE {_label}/{_patch}{' + Fourier loss (α 0.01)' if _plus else ''}: mean of the "
+                            "final layer's patch tokens",
+                paper="MAE-W §3, MAE-CVPR §4.2" + (" / Eq. 3" if _plus else "")))
+for _size, _label, _plus in (("s", "ViT-S", False), ("s", "ViT-S", True), ("b", "ViT-B", False),
+                              ("b", "ViT-B", True), ("l", "ViT-L", True)):
+    register(Method(
+            f"ca_mae_{_size}16{'+' if _plus else ''}", "mae", input="tile256", level="tile", trains=True,
+            model="ca_mae", split="holdout_batches",
+            defaults={**_MAE_TRAIN, "size": _size, "patch_size": 16, **_MAE_CPU[_size], "decoder_dim": 64,
+                      "decoder_depth": 1, "decoder_heads": 4, "mask_ratio": 0.85 if _size == "l" else 0.75,
+                      "mask_mode": "per_channel", "embed_mode": "mean", "fourier_weight": 0.01 if _plus else 0.0,
+                      "drop_path": 0.3 if _size == "l" else 0.1, "lr": 3e-5 if _size == "l" else 1e-4,
+                      "epochs": 6, "steps_per_epoch": 8, **(_MAE_SHORT if _size == "l" else {})},
+            description=f"channel-agnostic MAE {_label}/16{' + Fourier loss' if _plus else ''}: shared patch "
+                        "projection, per-channel masks and decoders; any channels at inference",
+            paper="MAE-CVPR §4.2.2"))
+for _name, _widths, _label in (("mu_net_m", [32, 64, 128, 256, 512], "M"),
+                               ("mu_net_l", [32, 64, 128, 256, 512, 1024], "L")):
+    register(Method(
+        _name, "mae", input="tile256", level="tile", trains=True, model="mu_net", split="holdout_batches",
+        defaults={"optimizer": "adamw", "betas": [0.9, 0.95], "weight_decay": 0.05, "lr": 1e-3,
+                  "schedule": "cosine", "batch_size": 16, "flips": True, "rot90": False, "normalize": "self",
+                  "val_batches": 4, "widths": [w // 8 for w in _widths], "blocks": 1, "kernel_size": 5,
+                  "mask_ratio": 0.25, "mask_patch": 16, "epochs": 6, "steps_per_epoch": 8,
+                  **({} if _label == "M" else _MAE_SHORT)},
+        description=f"masked U-Net MU-Net-{_label} (mask 25 %, kernel 5): pooled bottleneck (ours)",
+        paper="MAE-W §3, MAE-CVPR §4.2"))
+for _name, _dim, _adabn in (("wsl_densenet161", 128, False), ("wsl_densenet161_adabn", 128, True),
+                            ("wsl_densenet161_adabn_1024", 1024, True)):
+    register(Method(
+        _name, "mae", input="tile256", level="tile", trains=True, model="wsl_densenet", split="replicate_holdout",
+        defaults={"optimizer": "momentum", "momentum": 0.9, "lr": 0.05, "weight_decay": 1e-4, "schedule": "cosine",
+                  "batch_size": 16, "flips": True, "rot90": False, "normalize": "self", "val_batches": 4,
+                  "embed_dim": _dim, "growth_rate": 12, "block_config": [2, 4, 6, 4], "adabn": _adabn,
+                  "ghost_batch": 16, "adabn_inference": "plate", "sampler": "plate" if _adabn else "random",
+                  "epochs": 6, "steps_per_epoch": 8},
+        description=f"weakly supervised DenseNet-161 perturbation classifier, {_dim}-D MLP-neck embedding"
+                    + (", AdaBN (one plate per batch, per-plate statistics at inference)" if _adabn else ""),
+        paper="MAE-W A.1.1, MAE-CVPR §4.1"))
+for _size, _label in (("b", "ViT-B"), ("l", "ViT-L")):
+    register(Method(
+        f"wsl_vit_{_size}16", "mae", input="tile256", level="tile", trains=True, model="wsl_vit",
+        split="replicate_holdout",
+        defaults={"optimizer": "adamw", "betas": [0.9, 0.999], "lr": 3e-4, "weight_decay": 0.05, "schedule": "cosine",
+                  "batch_size": 16, "flips": True, "rot90": False, "normalize": "self", "val_batches": 4,
+                  "size": _size, "patch_size": 16, "depth": 2, "drop_path": 0.1, "epochs": 6, "steps_per_epoch": 8,
+                  **(_MAE_SHORT if _size == "l" else {})},
+        description=f"weakly supervised {_label}/16 perturbation classifier: class-token embedding",
+        paper="MAE-CVPR §4.1"))
+for _key, _arch, _label in (("s16", "vit_small_patch16_224.augreg_in21k", "ViT-S/16"),
+                            ("b16", "vit_base_patch16_224.augreg_in21k", "ViT-B/16"),
+                            ("b8", "vit_base_patch8_224.augreg_in21k", "ViT-B/8"),
+                            ("l16", "vit_large_patch16_224.augreg_in21k", "ViT-L/16")):
+    register(Method(
+        f"imagenet_vit_{_key}", "mae", input="tile256", level="tile",
+        embed="morphobench.embed.pretrained:embed_imagenet_vit",
+        needs={"weights": f"a local file with the ImageNet-21k weights of timm's {_arch} (python -m "
+                          "morphobench.embed export-timm-weights on a machine with internet access)"},
+        defaults={"arch": _arch, "weights": f"resources/weights/{_arch}.pth", "channel_mode": "per_channel",
+                  "normalize": "self", "batch_size": 32, "device": "auto"},
+        description=f"ImageNet-21k {_label} (timm {_arch}; weights from a local file); each channel as "
+                    "grey RGB, class tokens concatenated",
+        paper="MAE-CVPR Table 3"))
 
 # ---- Campfire family (Campfire paper; models/campfire.py) ----------------------------------------
 
@@ -316,10 +423,13 @@ def resolve(entries: Iterable[Any], where: str = "methods") -> list[Configured]:
             for n in REGISTRY:
                 if n in listed:
                     continue
-                if REGISTRY[n].needs:
-                    print(f"morphobench: methods: all leaves out {n!r}: it needs "
-                          f"{', '.join(f'params.{k} ({v})' for k, v in REGISTRY[n].needs.items())}; "
-                          f"list it as {{name: {n}, params: {{...}}}} to run it", file=sys.stderr)
+                missing = REGISTRY[n].missing_files()
+                if missing:
+                    _log.warning("%s: 'all' leaves out %s: %s (place the file there, or list the method "
+                                 "as {name: %s, params: {...}} naming it)", where, n,
+                                 "; ".join(f"params.{k} ({REGISTRY[n].needs[k]}) "
+                                           + (f"file not found: {v}" if v else "not set")
+                                           for k, v in missing.items()), n)
                     continue
                 expanded.append((f"{where}[{i}] (all: {n})", n))
         else:
@@ -368,17 +478,18 @@ def needed_files(c: Configured) -> dict[str, str]:
 
 
 def check_files(configured: Iterable[Configured], datasets: Iterable[str], base: str | os.PathLike = ".") -> None:
-    """Bring-your-own files must exist before the run starts (errors name the method and file)."""
+    """Bring-your-own files and the files a method ``needs`` must exist before the run starts
+    (errors name the method and file)."""
     for c in configured:
         m = c.method
+        for k, f in m.missing_files(c.overrides, base).items():
+            raise MorphobenchError(f"method {m.name}: {k} file not found: {Path(base) / f} ({m.needs[k]}; set "
+                                   f"params: {{{k}: …}}; README 'Methods' says where such files come from)")
         if m.kind == "embeddings":
             for ds in datasets:
                 p = Path(base) / m.user["path"].format(dataset=ds)
                 if not p.is_file():
                     raise MorphobenchError(f"method {m.name}: embeddings file not found: {p}")
-        for p, v in needed_files(c).items():
-            if not (Path(base) / v).is_file():
-                raise MorphobenchError(f"method {m.name}: params.{p}: file not found: {Path(base) / v}")
         if m.kind == "timm" and m.user["weights"] != "random":
             p = Path(base) / m.user["weights"]
             if not p.is_file():

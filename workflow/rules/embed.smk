@@ -2,7 +2,8 @@
 #   embed_plate       results/{dataset}/embeddings/{method}/plates/{plate}.parquet   (per plate)
 #   gather_embeddings results/{dataset}/embeddings/{method}/{level}.parquet           (cell/tile/site)
 #   method_profiles   results/{dataset}/profiles/{method}/well.parquet              (the one aggregation)
-# Trained methods read results/{dataset}/models/{method}/model.pt (workflow/rules/train.smk);
+# Trained methods read results/{dataset}/models/{method}/model.pt (workflow/rules/train.smk), or the
+# model.pt their params name as `pretrained` (e.g. trained on another screen; `channel_map` maps channels);
 # CellProfiler's per-plate well profiles come from the cp_features rule (images.smk).
 
 
@@ -20,8 +21,8 @@ def embed_plate_inputs(w):
     elif m.crop_kind:
         d["crops"] = f"{ds}/crops/{m.crop_kind}/plates/{w.plate}.parquet"
         d["store"] = f"{ds}/crops/{m.crop_kind}/plates/{w.plate}.zarr"
-    if m.trains:
-        d["model"] = f"{ds}/models/{w.method}/model.pt"
+    if m.trains:  # its own training on this dataset, or a model.pt given as params: {pretrained: …}
+        d["model"] = method_spec(w.method)["params"].get("pretrained") or f"{ds}/models/{w.method}/model.pt"
     if m.kind == "timm" and m.user["weights"] != "random":
         d["weights"] = m.user["weights"]
     for p, path in MB_METHODS.needed_files(configured(w.method)).items():

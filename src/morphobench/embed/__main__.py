@@ -3,6 +3,8 @@
     python -m morphobench.embed plate --spec JSON --plate P --out OUT \
         [--wells W] [--sheet S] [--illum F] [--crops INDEX] [--model model.pt] [--device auto]
     python -m morphobench.embed gather --parts A B … --out embeddings/{method}/{level}.parquet
+    python -m morphobench.embed export-timm-weights --arch vit_base_patch16_224.augreg_in21k \
+        --out resources/weights/vit_base_patch16_224.augreg_in21k.pth     (needs internet; ImageNet baselines)
     python -m morphobench.embed profiles --spec JSON --parts A B … --wells W [--sheet S] \
         --out-well profiles/{method}/well.parquet [--out-embeddings embeddings/{method}/{level}.parquet] \
         [--aggregate mean]
@@ -41,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("gather", help="per-plate rows → one dataset-level embeddings file")
     e.add_argument("--parts", nargs="+", required=True)
     e.add_argument("--out", required=True)
-    for s in (p, g, e):
+    x = sub.add_parser("export-timm-weights", help="save timm's pretrained weights of an architecture (internet)")
+    x.add_argument("--arch", required=True)
+    x.add_argument("--out", required=True)
+    for s in (p, g, e, x):
         s.add_argument("--log", help="log file (also logged to stderr)")
     args = ap.parse_args(argv)
     setup_logging(args.log)
@@ -53,6 +58,11 @@ def _run(args) -> None:
 
     if args.cmd == "gather":
         stages.gather_embeddings(args.parts, args.out)
+        return
+    if args.cmd == "export-timm-weights":
+        from morphobench.embed.pretrained import export_timm_weights
+
+        export_timm_weights(args.arch, args.out)
         return
     spec = load_json_arg(args.spec)
     if args.cmd == "plate":

@@ -1,7 +1,8 @@
 """Training parameters (torch-free: the method registry checks parameter names at DAG time).
 
 A trained method's ``params`` mix :class:`TrainConfig` fields (optimization, sampling,
-augmentation, devices) and model keyword arguments; :func:`split_params` separates them.
+augmentation, devices), inference settings (:data:`EMBED_KEYS`) and model keyword arguments;
+:func:`split_params` separates them.
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ class TrainConfig:
 
 
 TRAIN_KEYS = frozenset(f.name for f in fields(TrainConfig))
+#: Inference-time parameters of every trained method (read by morphobench.embed.learned, the embed
+#: rule and the figures; neither training nor model arguments): the embedding batch size, a model
+#: file trained elsewhere, and the map from the screen's channels to the model's.
+EMBED_KEYS = frozenset({"embed_batch_size", "pretrained", "channel_map"})
 
 
 def split_params(params: Mapping[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
@@ -75,7 +80,7 @@ def split_params(params: Mapping[str, Any]) -> tuple[TrainConfig, dict[str, Any]
             tr[k] = tuple(tr[k])
     cfg = TrainConfig(**tr)
     check_config(cfg)
-    return cfg, {k: v for k, v in params.items() if k not in TRAIN_KEYS}
+    return cfg, {k: v for k, v in params.items() if k not in TRAIN_KEYS and k not in EMBED_KEYS}
 
 
 def check_config(cfg: TrainConfig) -> None:

@@ -47,7 +47,7 @@ def train_method(spec: dict, crops_index: str | os.PathLike, split_path: str | o
         raise MorphobenchError(f"method {spec.get('name')!r} does not train")
     params = {**spec["params"], **(overrides or {})}
     cfg, model_kwargs = split_params(params)
-    split = read_split(split_path, fold)
+    split = read_split(split_path, fold, spec.get("split"))
     wells = read_table(wells_path, what="plate map")
     rows = crop_rows(crops_index, split, wells)
     if cfg.train_groups:
