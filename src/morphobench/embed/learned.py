@@ -29,13 +29,16 @@ def crop_metadata(rows: pd.DataFrame) -> pd.DataFrame:
     return meta
 
 
-def embed_crops(fn: Callable[[torch.Tensor], torch.Tensor], crops_index: str, channels: Sequence[str],
-                augment_cfg, *, batch_size: int = 64, device: str | torch.device = "cpu",
+def embed_crops(fn: Callable[[torch.Tensor], torch.Tensor], crops_index: str | pd.DataFrame,
+                channels: Sequence[str], augment_cfg, *, batch_size: int = 64, device: str | torch.device = "cpu",
                 desc: str = "embed") -> pd.DataFrame:
-    """Apply ``fn`` (B, C, H, W) → (B, D) to every crop of ``crops_index``; rows as in the module doc."""
+    """Apply ``fn`` (B, C, H, W) → (B, D) to every crop of ``crops_index`` (a crop index parquet, or
+    index rows with ``Crop_Base`` as :func:`morphobench.training.data.index_rows` returns them, e.g.
+    a subset); rows as in the module doc."""
     from morphobench.training.data import CropSet, augment, index_rows, load_batch
 
-    rows = index_rows(crops_index)
+    rows = crops_index.reset_index(drop=True) if isinstance(crops_index, pd.DataFrame) else index_rows(crops_index)
+    source = f"{len(rows)} given crops" if isinstance(crops_index, pd.DataFrame) else str(crops_index)
     ds = CropSet(rows, channels)
     n = len(ds)
     chunks: list[np.ndarray] = []
@@ -48,11 +51,11 @@ def embed_crops(fn: Callable[[torch.Tensor], torch.Tensor], crops_index: str, ch
                 raise MorphobenchError(f"{desc}: embedding of shape {tuple(z.shape)} for a batch of {x.shape[0]}")
             chunks.append(z.float().cpu().numpy())
     if not chunks:
-        log.warning("%s: %s holds no crops", desc, crops_index)
+        log.warning("%s: %s holds no crops", desc, source)
         return crop_metadata(rows)
     emb = np.concatenate(chunks).astype(np.float32)
     if not np.isfinite(emb).all():
-        raise MorphobenchError(f"{desc}: non-finite embeddings for {crops_index}")
+        raise MorphobenchError(f"{desc}: non-finite embeddings for {source}")
     feats = pd.DataFrame(emb, columns=[f"emb_{j:04d}" for j in range(emb.shape[1])])
     return pd.concat([crop_metadata(rows), feats], axis=1)
 

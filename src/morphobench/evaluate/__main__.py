@@ -9,6 +9,8 @@
     python -m morphobench.evaluate gather --parts A B … --out OUT [--config-hash H]
     python -m morphobench.evaluate cp-summary --table T --out OUT [--config-hash H]
     python -m morphobench.evaluate batch-correction --known K --method M --out OUT [--config-hash H]
+    python -m morphobench.evaluate campfire-cells|channel-sets|probes|probes-summary|zprime …
+        (Campfire probes, channel sets and Z′: morphobench.evaluate.campfire_cli)
 """
 
 from __future__ import annotations
@@ -71,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True)
     b.add_argument("--config-hash")
     b.add_argument("--methods", default="{}")
-    for p in (k, r, s, c, g, m, b):
+    from morphobench.evaluate import campfire_cli
+
+    for p in (k, r, s, c, g, m, b, *campfire_cli.add_parsers(sub)):
         p.add_argument("--log")
     return ap
 
@@ -85,7 +89,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args, stages) -> None:
-    if args.cmd == "known-relationships":
+    from morphobench.evaluate import campfire_cli
+
+    if args.cmd in campfire_cli.COMMANDS:
+        campfire_cli.dispatch(args)
+    elif args.cmd == "known-relationships":
         stages.known_relationships(args.pert, json.loads(args.annotations), json.loads(args.key),
                                    args.out_known, args.out_curve, args.out_sets,
                                    gene_sets=json.loads(args.gene_sets), seed=args.seed)

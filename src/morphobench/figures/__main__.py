@@ -5,6 +5,8 @@
     python -m morphobench.figures retrieval --table results/jump_retrieval.tsv --out PNG
     python -m morphobench.figures r2 --table results/cp_regression_summary.tsv --out PNG
     python -m morphobench.figures batch-correction --table results/batch_correction.tsv --out PNG
+    python -m morphobench.figures campfire-probes|campfire-channel-sets --table results/campfire_probes.tsv --out PNG
+    python -m morphobench.figures zprime --table results/zprime.tsv --out PNG
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ FIGURES = {
     "retrieval": "retrieval_bars",
     "r2": "r2_by_category",
     "batch-correction": "batch_correction_heatmap",
+    # "module:function" for figures of a family's own module (morphobench.figures.<module>)
+    "campfire-probes": "campfire_plots:probe_accuracy",
+    "campfire-channel-sets": "campfire_plots:channel_set_accuracy",
+    "zprime": "campfire_plots:zprime_bars",
 }
 
 
@@ -32,10 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log")
     args = ap.parse_args(argv)
     setup_logging(args.log)
-    from morphobench.figures import plots
+    import importlib
+
+    module, _, fn = FIGURES[args.figure].rpartition(":")
+    plots = importlib.import_module(f"morphobench.figures.{module or 'plots'}")
 
     def draw():
-        getattr(plots, FIGURES[args.figure])(read_table(args.table, what="results table"), args.out)
+        getattr(plots, fn)(read_table(args.table, what="results table"), args.out)
 
     return cli_exit(f"morphobench.figures {args.figure}", draw)
 
