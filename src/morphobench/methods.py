@@ -192,9 +192,12 @@ register(Method(
 #: Campfire training as the paper (§3.1: AdamW lr 5e-4, wd 0.005, linear warm-up from 1e-5, cosine to
 #: 1e-6, flips + rotations + channel normalisation; Nu, Ac, M trained, ER and RNA held out), sized
 #: for a CPU: few epochs and steps. config/paper/campfire_jump_source3.yaml has the paper's scale.
+#: "Channel normalisation": the crop store is scaled per plate and channel (percentiles), inputs are
+#: that scale mapped to [0, 1] (``normalize: unit``); per-image self-standardization (MAE-CVPR) would
+#: erase intensity phenotypes. AdamW betas (0.9, 0.95) as MAE (the paper names none).
 _CAMPFIRE_TRAIN = {"optimizer": "adamw", "lr": 5e-4, "weight_decay": 0.005, "betas": [0.9, 0.95],
                    "schedule": "cosine", "warmup_lr": 1e-5, "min_lr": 1e-6, "flips": True, "rot90": True,
-                   "normalize": "self", "channels": ["DNA", "AGP", "Mito"]}
+                   "normalize": "unit", "channels": ["DNA", "AGP", "Mito"]}
 register(Method(
     "campfire_s14", "campfire", input="cell112", level="cell", trains=True, model="campfire_s14", split="campfire",
     defaults={"embed_dim": 128, "depth": 3, "num_heads": 4, "decoder_dim": 128, "decoder_depth": 1,
