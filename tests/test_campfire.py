@@ -24,6 +24,7 @@ from morphobench.models.campfire import (
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "plugins"))
 
 TINY = {"img_size": 28, "patch_size": 7, "embed_dim": 32, "depth": 2, "num_heads": 2, "decoder_dim": 16,
         "decoder_depth": 1, "decoder_heads": 2}
@@ -174,6 +175,13 @@ def test_registered_sizes_and_bad_parameters():
         assert m.family == "campfire" and m.input == "cell112" and m.split == "campfire"
         assert m.defaults["embed_dim"] == dim and m.defaults["channels"] == ["DNA", "AGP", "Mito"]
         assert m.defaults["lr"] == 5e-4 and m.defaults["weight_decay"] == 0.005
+    # the registry's model defaults are the model's own defaults (one documented set)
+    import inspect
+
+    sig = inspect.signature(Campfire.__init__).parameters
+    for k, v in methods.get("campfire_s14").defaults.items():
+        if k in sig and k not in ("embed_dim", "depth", "num_heads", "decoder_dim", "decoder_depth", "decoder_heads"):
+            assert sig[k].default == v, k
     big = create_model("campfire_l14", in_chans=3, embed_dim=64, depth=1, num_heads=4, decoder_dim=32,
                        decoder_depth=1, decoder_heads=2)
     assert big.patch_size == 14 and big.num_patches == 64
@@ -530,3 +538,82 @@ def test_zprime_groups_pairs_and_skips():
         resolve_groups(prof, ["DMSO", "nope"], None)
     with pytest.raises(MorphobenchError, match="evaluate.zprime.reference"):
         resolve_groups(prof, None, ["P9"])
+
+
+# ------------------------------------------------------------------------------------------------
+# trained model → channel sets → probes (the framework's path, tiny sizes)
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny Campfire trained by the framework on a 5-channel screen with a Campfire split."""
+    from test_training import make_screen
+
+    from morphobench import methods
+    from morphobench.training.splits import make_split
+    from morphobench.training.stage import train_method
+
+    tmp = make_screen(tmp_path_factory.mktemp("cf"), plates=("P1", "P2", "P3"), n_trt=6, per_well=5, size=28,
+                      chans=5)
+    make_split("campfire", tmp / "wells.parquet", tmp / "campfire.tsv", n_heldout_plates=1, n_heldout_compounds=2,
+               n_train=1, n_val=1, n_test=1, heldout_from="treatment", one_well_per_plate=False)
+    params = {**TINY, "epochs": 2, "batch_size": 8, "steps_per_epoch": 3, "device": "cpu", "cache_mb": 64}
+    spec = methods.resolve([{"name": "campfire_s14", "params": params}])[0].spec()
+    train_method(spec, tmp / "index.parquet", tmp / "campfire.tsv", tmp / "wells.parquet", tmp / "m" / "model.pt")
+    return tmp
+
+
+def test_channel_set_embeddings_and_probes_of_a_trained_campfire(trained, tmp_path):
+    from morphobench.embed.learned import embed_crops
+    from morphobench.evaluate.channel_sets import channel_set_embeddings
+    from morphobench.evaluate.probes import ProbeConfig, probe_cells_stage, probes_stage
+    from morphobench.training.data import AugmentConfig, index_rows
+    from morphobench.training.stage import load_trained
+
+    model, payload = load_trained(trained / "m" / "model.pt")
+    assert payload["channels"] == ["DNA", "AGP", "Mito"] and payload["augment"]["normalize"] == "unit"
+    log = pd.read_csv(trained / "m" / "train_log.tsv", sep="\t")
+    assert log["val_loss"].notna().all() and (log["train_n_channels"] <= 3).all()
+    cells = probe_cells_stage(trained / "index.parquet", trained / "campfire.tsv", tmp_path / "cells.parquet")
+    assert set(cells["task"]) == {"A", "B"} and set(cells.loc[cells["task"] == "A", "probe_class"]) == {"DMSO"}
+    sets = [["DNA"], ["DNA", "ER", "RNA"], ["Mito", "AGP", "DNA"]]
+    table = channel_set_embeddings(trained / "m" / "model.pt", tmp_path / "cells.parquet", trained / "index.parquet",
+                                   sets, tmp_path / "cs.parquet", level="cell", device="cpu", batch_size=16)
+    assert table.groupby("Metadata_ChannelSet").size().to_dict() == {s: len(cells) for s in
+                                                                     ("DNA", "DNA+ER+RNA", "Mito+AGP+DNA")}
+    # the trained channel set in another order gives the trained embedding (channel agnostic)
+    rows = index_rows(trained / "index.parquet")
+    own = embed_crops(model.embed, rows, payload["channels"], AugmentConfig(**payload["augment"]))
+    perm = table[table["Metadata_ChannelSet"] == "Mito+AGP+DNA"]
+    merged = perm.merge(own, on=["Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_ObjectNumber"])
+    assert len(merged) == len(cells)
+    np.testing.assert_allclose(merged.filter(regex="emb_.*_x").to_numpy(), merged.filter(regex="emb_.*_y").to_numpy(),
+                               rtol=1e-4, atol=1e-5)
+    # probes: the method's own rows + each channel set
+    own.to_parquet(tmp_path / "cell.parquet")
+    tab = probes_stage(tmp_path / "cells.parquet", tmp_path / "cell.parquet", "cell",
+                       {"dataset": "d", "method": "campfire_s14"}, tmp_path / "probes.tsv",
+                       channel_sets_path=tmp_path / "cs.parquet", n_subsets=2, n_folds=3,
+                       cfg=ProbeConfig(max_epochs=3, patience=2))
+    assert set(tab["channel_set"]) == {"default", "DNA", "DNA+ER+RNA", "Mito+AGP+DNA"}
+    assert list(tab.columns[:3]) == ["dataset", "method", "channel_set"] and tab["accuracy"].between(0, 1).all()
+
+
+def test_channel_sets_of_a_model_that_is_not_channel_agnostic(trained, tmp_path):
+    from morphobench import methods
+    from morphobench.evaluate.channel_sets import channel_set_embeddings
+    from morphobench.evaluate.probes import probe_cells_stage
+    from morphobench.training.stage import train_method
+
+    import tiny_method  # noqa: F401  (the test plugin: registers tiny_ae)
+
+    spec = methods.resolve([{"name": "tiny_ae", "params": {"epochs": 1, "device": "cpu", "normalize": "unit",
+                                                           "channels": ["DNA", "ER", "RNA"]}}])[0].spec()
+    train_method(spec, trained / "index.parquet", trained / "campfire.tsv", trained / "wells.parquet",
+                 tmp_path / "ae" / "model.pt")
+    probe_cells_stage(trained / "index.parquet", trained / "campfire.tsv", tmp_path / "cells.parquet")
+    out = channel_set_embeddings(tmp_path / "ae" / "model.pt", tmp_path / "cells.parquet", trained / "index.parquet",
+                                 [["DNA"]], tmp_path / "cs.parquet", level="cell", device="cpu")
+    assert out.empty and pd.read_parquet(tmp_path / "cs.parquet").empty
+    with pytest.raises(MorphobenchError, match="listed twice"):
+        channel_set_embeddings(tmp_path / "ae" / "model.pt", tmp_path / "cells.parquet", trained / "index.parquet",
+                               [["DNA"], ["DNA"]], tmp_path / "x.parquet", level="cell")

@@ -198,10 +198,15 @@ register(Method(
 _CAMPFIRE_TRAIN = {"optimizer": "adamw", "lr": 5e-4, "weight_decay": 0.005, "betas": [0.9, 0.95],
                    "schedule": "cosine", "warmup_lr": 1e-5, "min_lr": 1e-6, "flips": True, "rot90": True,
                    "normalize": "unit", "channels": ["DNA", "AGP", "Mito"]}
+#: model parameters every Campfire size takes (models/campfire.py; the loss weights and filter
+#: fractions are README "Campfire"'s documented defaults — every one can be set in `params`)
+_CAMPFIRE_MODEL = {"img_size": 112, "patch_size": 14, "mask_ratio": 0.8, "mlp_ratio": 4.0, "drop_path_rate": 0.0,
+                   "rope_theta": 100.0, "channel_subsampling": True, "lambda_spatial": 0.75, "lambda_low": 0.25,
+                   "lambda_high": 0.0, "lambda_fourier": 0.0, "low_pass_fraction": 0.25, "high_pass_fraction": 0.1}
 register(Method(
     "campfire_s14", "campfire", input="cell112", level="cell", trains=True, model="campfire_s14", split="campfire",
     defaults={"embed_dim": 128, "depth": 3, "num_heads": 4, "decoder_dim": 128, "decoder_depth": 1,
-              "decoder_heads": 4, "mask_ratio": 0.8, **_CAMPFIRE_TRAIN, "epochs": 3, "warmup_epochs": 1,
+              "decoder_heads": 4, **_CAMPFIRE_MODEL, **_CAMPFIRE_TRAIN, "epochs": 3, "warmup_epochs": 1,
               "batch_size": 64, "steps_per_epoch": 15, "val_batches": 4},
     description="Campfire channel-agnostic MAE, patch 14, one shared decoder; CPU-sized defaults (128-d × 3 "
                 "blocks, 3 epochs × 15 steps); the ViT-S/14 encoder (384-d × 12) in config/paper/",
@@ -209,14 +214,14 @@ register(Method(
 register(Method(
     "campfire_b14", "campfire", input="cell112", level="cell", trains=True, model="campfire_b14", split="campfire",
     defaults={"embed_dim": 768, "depth": 12, "num_heads": 12, "decoder_dim": 512, "decoder_depth": 8,
-              "decoder_heads": 16, "mask_ratio": 0.8, **_CAMPFIRE_TRAIN, "epochs": 1, "warmup_epochs": 0.5,
+              "decoder_heads": 16, **_CAMPFIRE_MODEL, **_CAMPFIRE_TRAIN, "epochs": 1, "warmup_epochs": 0.5,
               "batch_size": 32, "steps_per_epoch": 5, "val_batches": 2},
     description="Campfire with a ViT-B/14 encoder (768-d × 12 blocks); CPU defaults train 5 steps only",
     paper="Campfire §2.2, App. B"))
 register(Method(
     "campfire_l14", "campfire", input="cell112", level="cell", trains=True, model="campfire_l14", split="campfire",
     defaults={"embed_dim": 1024, "depth": 24, "num_heads": 16, "decoder_dim": 512, "decoder_depth": 8,
-              "decoder_heads": 16, "mask_ratio": 0.8, **_CAMPFIRE_TRAIN, "epochs": 1, "warmup_epochs": 0.5,
+              "decoder_heads": 16, **_CAMPFIRE_MODEL, **_CAMPFIRE_TRAIN, "epochs": 1, "warmup_epochs": 0.5,
               "batch_size": 16, "steps_per_epoch": 3, "val_batches": 1},
     description="Campfire with the paper's ViT-L/14 encoder (1024-d × 24 blocks); CPU defaults train 3 steps "
                 "only (paper scale: config/paper/campfire_jump_source3.yaml)",

@@ -263,7 +263,7 @@ def test_campfire_runs_end_to_end_on_the_tiny_screen(tmp_path, resources_dir):
         "evaluate": {**base["evaluate"],
                      "campfire_probes": {"n_subsets": 2, "n_folds": 3, "max_epochs": 3, "patience": 2,
                                          "channel_sets": [["DNA"], ["DNA", "ER", "RNA"]]},
-                     "zprime": {"reference": "all"}},
+                     "zprime": {"reference": "all", "corrections": ["none", "tvn"]}},
     })
     targets = ["results/campfire_probes_summary.tsv", "results/zprime.tsv", "results/figures/campfire_probes.png",
                "results/figures/campfire_channel_sets.png", "results/figures/zprime.png"]

@@ -7,7 +7,7 @@
 #   results/{dataset}/campfire/channel_sets/{method}.parquet   probe cells re-embedded per channel set
 #                                                         (trained channel-agnostic models; empty otherwise)
 #   results/{dataset}/eval/{method}/campfire_probes.tsv   → results/campfire_probes.tsv (+ _summary)
-#   results/{dataset}/eval/{method}/{correction}/zprime.tsv → results/zprime.tsv
+#   results/{dataset}/eval/{method}/{correction}/zprime.tsv → results/zprime.tsv (evaluate.zprime.corrections)
 #   results/figures/campfire_probes.png, campfire_channel_sets.png, zprime.png
 # Every configured method (registered or your own, EVAL_LISTS["all"]) gets probe and Z′ rows.
 
@@ -162,7 +162,7 @@ rule zprime_part:
 CF_GATHER = {
     "campfire_probes": [f"results/{d}/eval/{m}/campfire_probes.tsv" for d in CF_PROBE_DATASETS
                         for m in EVAL_LISTS["all"]],
-    "zprime": eval_parts("zprime", eval_combos(datasets=ZP_DATASETS)),
+    "zprime": eval_parts("zprime", eval_combos(datasets=ZP_DATASETS, corrections=ZPC["corrections"])),
 }
 CF_GATHER = {k: v for k, v in CF_GATHER.items() if v}
 
