@@ -170,7 +170,7 @@ def test_campfire_loss_terms():
 def test_registered_sizes_and_bad_parameters():
     from morphobench import methods
 
-    for name, dim in (("campfire_s14", 128), ("campfire_b14", 768), ("campfire_l14", 1024)):
+    for name, dim in (("campfire_s14", 96), ("campfire_b14", 768), ("campfire_l14", 1024)):
         m = methods.get(name)
         assert m.family == "campfire" and m.input == "cell112" and m.split == "campfire"
         assert m.defaults["embed_dim"] == dim and m.defaults["channels"] == ["DNA", "AGP", "Mito"]
@@ -617,3 +617,24 @@ def test_channel_sets_of_a_model_that_is_not_channel_agnostic(trained, tmp_path)
     with pytest.raises(MorphobenchError, match="listed twice"):
         channel_set_embeddings(tmp_path / "ae" / "model.pt", tmp_path / "cells.parquet", trained / "index.parquet",
                                [["DNA"], ["DNA"]], tmp_path / "x.parquet", level="cell")
+
+
+def test_summary_intervals():
+    from scipy.stats import binomtest
+
+    from morphobench.evaluate.probes import summarize, wilson_interval
+
+    lo, hi = wilson_interval(0.7, 40)
+    ci = binomtest(28, 40).proportion_ci(method="wilson")
+    np.testing.assert_allclose([lo, hi], [ci.low, ci.high], atol=1e-6)
+    tab = pd.DataFrame({"dataset": "d", "method": "m", "channel_set": "default", "task": "A", "test_split": "test",
+                        "n_classes": 3, "n_test": 40, "majority": 0.5, "accuracy": [0.6, 0.7, 0.8],
+                        "balanced_accuracy": [0.5, 0.6, 0.7]})
+    s = summarize(tab).iloc[0]
+    assert s["n_runs"] == 3 and np.isclose(s["accuracy_mean"], 0.7) and np.isclose(s["accuracy_sd"], 0.1)
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, 2) * 0.1 / np.sqrt(3)
+    np.testing.assert_allclose([s["accuracy_ci_low"], s["accuracy_ci_high"]], [0.7 - half, 0.7 + half])
+    np.testing.assert_allclose([s["accuracy_cells_ci_low"], s["accuracy_cells_ci_high"]], [ci.low, ci.high], atol=1e-6)
+    assert np.isclose(s["chance"], 1 / 3) and s["majority"] == 0.5

@@ -205,11 +205,12 @@ _CAMPFIRE_MODEL = {"img_size": 112, "patch_size": 14, "mask_ratio": 0.8, "mlp_ra
                    "lambda_high": 0.0, "lambda_fourier": 0.0, "low_pass_fraction": 0.25, "high_pass_fraction": 0.1}
 register(Method(
     "campfire_s14", "campfire", input="cell112", level="cell", trains=True, model="campfire_s14", split="campfire",
-    defaults={"embed_dim": 128, "depth": 3, "num_heads": 4, "decoder_dim": 128, "decoder_depth": 1,
-              "decoder_heads": 4, **_CAMPFIRE_MODEL, **_CAMPFIRE_TRAIN, "epochs": 3, "warmup_epochs": 1,
+    defaults={"embed_dim": 96, "depth": 2, "num_heads": 3, "decoder_dim": 64, "decoder_depth": 1,
+              "decoder_heads": 2, **_CAMPFIRE_MODEL, **_CAMPFIRE_TRAIN, "epochs": 4, "warmup_epochs": 1,
               "batch_size": 64, "steps_per_epoch": 15, "val_batches": 4},
-    description="Campfire channel-agnostic MAE, patch 14, one shared decoder; CPU-sized defaults (128-d × 3 "
-                "blocks, 3 epochs × 15 steps); the ViT-S/14 encoder (384-d × 12) in config/paper/",
+    description="Campfire channel-agnostic MAE, patch 14, one shared decoder; CPU-sized defaults (96-d × 2 "
+                "blocks, decoder 64-d × 1, 4 epochs × 15 steps of 64); ViT-S/14 (384-d × 12 blocks, 6 heads) "
+                "with params",
     paper="Campfire §2.2, §3.1"))
 register(Method(
     "campfire_b14", "campfire", input="cell112", level="cell", trains=True, model="campfire_b14", split="campfire",

@@ -46,7 +46,7 @@ log = logging.getLogger("morphobench.evaluate.probes")
 
 #: probe table columns (after dataset, method)
 PROBE_COLUMNS = ["channel_set", "task", "subset_or_fold", "test_split", "n_train", "n_val", "n_test",
-                 "n_classes", "best_epoch", "accuracy", "balanced_accuracy"]
+                 "n_classes", "majority", "best_epoch", "accuracy", "balanced_accuracy"]
 #: the channel set label of a method's own embeddings (as profiled)
 DEFAULT_SET = "default"
 CELL_KEYS = ("Metadata_Plate", "Metadata_Well", "Metadata_Site")
@@ -184,9 +184,10 @@ def run_probe(x_train, y_train, x_val, y_val, tests: Sequence[SealedTestSet],
     for t in tests:
         x, y = t.read(probe)
         acc, bal = _accuracy(np.asarray(y, dtype=object), probe.predict(np.asarray(x, np.float64)))
+        maj = float(pd.Series(np.asarray(y, dtype=object)).value_counts(normalize=True).iloc[0]) if len(y) else float("nan")
         rows.append({"test_split": t.name, "n_train": len(y_train), "n_val": len(y_val), "n_test": len(y),
                      "n_classes": len(probe.classes), "best_epoch": probe.best_epoch,
-                     "accuracy": acc, "balanced_accuracy": bal})
+                     "accuracy": acc, "balanced_accuracy": bal, "majority": maj})
     return rows
 
 
@@ -381,10 +382,24 @@ def probe_tasks(x: np.ndarray, cells: pd.DataFrame, *, n_subsets: int = 10, n_fo
     return pd.DataFrame(rows)
 
 
+def wilson_interval(p: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion ``p`` observed on ``n`` trials."""
+    if n <= 0 or not np.isfinite(p):
+        return float("nan"), float("nan")
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return float(centre - half), float(centre + half)
+
+
 def summarize(table: pd.DataFrame, by: Sequence[str] = ("dataset", "method", "channel_set", "task", "test_split"),
               ) -> pd.DataFrame:
-    """Mean, sd and a 95 % t-interval over the subsets/folds of each (…, task, test split); ``chance``
-    = 1 / number of classes (the level of balanced accuracy for a classifier that ignores its input)."""
+    """Per (…, task, test split): mean, sd and a 95 % t-interval over the subsets/folds (the spread of
+    the probes), and ``*_cells_ci_low/high``: the 95 % Wilson interval of the mean on the ``n_test``
+    test cells of a run (the test-sampling error; cells of one well are correlated, so it is
+    optimistic when the test set has few wells). ``chance`` = 1 / number of classes: the level of
+    balanced accuracy for a classifier that ignores its input (plain accuracy on an imbalanced test
+    set can exceed it by always answering the majority class; ``majority`` is that rate)."""
     from scipy import stats
 
     out = []
@@ -397,8 +412,12 @@ def summarize(table: pd.DataFrame, by: Sequence[str] = ("dataset", "method", "ch
             mean = float(v.mean()) if len(v) else float("nan")
             sd = float(v.std(ddof=1)) if len(v) > 1 else float("nan")
             half = float(stats.t.ppf(0.975, len(v) - 1) * sd / np.sqrt(len(v))) if len(v) > 1 else float("nan")
-            rec.update({f"{m}_mean": mean, f"{m}_sd": sd, f"{m}_ci_low": mean - half, f"{m}_ci_high": mean + half})
+            lo, hi = wilson_interval(mean, int(round(g["n_test"].mean())))
+            rec.update({f"{m}_mean": mean, f"{m}_sd": sd, f"{m}_ci_low": mean - half, f"{m}_ci_high": mean + half,
+                        f"{m}_cells_ci_low": lo, f"{m}_cells_ci_high": hi})
         rec["chance"] = 1.0 / float(g["n_classes"].max())
+        if "majority" in g.columns:
+            rec["majority"] = float(g["majority"].max())
         rec["n_test"] = int(g["n_test"].max())
         out.append(rec)
     return pd.DataFrame(out)
