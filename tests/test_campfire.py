@@ -638,3 +638,28 @@ def test_summary_intervals():
     np.testing.assert_allclose([s["accuracy_ci_low"], s["accuracy_ci_high"]], [0.7 - half, 0.7 + half])
     np.testing.assert_allclose([s["accuracy_cells_ci_low"], s["accuracy_cells_ci_high"]], [ci.low, ci.high], atol=1e-6)
     assert np.isclose(s["chance"], 1 / 3) and s["majority"] == 0.5
+
+
+def test_campfire_figures(tmp_path):
+    from morphobench.figures.campfire_plots import channel_set_accuracy, probe_accuracy, zprime_bars
+
+    rows = []
+    for method, sets in (("campfire_s14", ["default", "DNA", "DNA+ER+RNA"]), ("random", ["default"])):
+        for cs in sets:
+            for task, splits in (("A", ["test", "test_out_plate"]), ("B", ["test_out_compound", "test_out_all"])):
+                for run in range(3):
+                    for sp in splits:
+                        rows.append({"dataset": "d", "method": method, "channel_set": cs, "task": task,
+                                     "subset_or_fold": run, "test_split": sp, "n_classes": 3 if task == "A" else 4,
+                                     "accuracy": 0.3 + 0.1 * run, "balanced_accuracy": 0.3})
+    probes = pd.DataFrame(rows)
+    probe_accuracy(probes, tmp_path / "p.png")
+    channel_set_accuracy(probes, tmp_path / "c.png")
+    z = pd.DataFrame({"dataset": "d", "method": ["a", "a", "b"], "correction": "none", "reference": "DMSO",
+                      "target": ["P1", "P2", "P1"], "zprime": [0.2, -30.0, np.nan]})
+    zprime_bars(z, tmp_path / "z.png")
+    for f in ("p", "c", "z"):
+        assert (tmp_path / f"{f}.png").stat().st_size > 5_000
+    with pytest.raises(MorphobenchError, match="lacks column"):
+        probe_accuracy(probes.drop(columns="task"), tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
