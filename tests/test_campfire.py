@@ -200,7 +200,8 @@ def plate_map(n_plates=6, n_cpd=10, n_gene=4, dmso=4, seed=0) -> pd.DataFrame:
     """Every compound and gene once per plate (TARGET2-like), two positive controls, DMSO wells."""
     rows = []
     for p in range(n_plates):
-        perts = ([(f"C{i:02d}", "trt", f"C{i:02d}") for i in range(n_cpd)] + [(f"G{i}", "trt", None) for i in range(n_gene)]
+        perts = ([(f"C{i:02d}", "trt", f"C{i:02d}") for i in range(n_cpd)]
+                 + [(f"G{i}", "trt", None) for i in range(n_gene)]
                  + [("POS1", "poscon", "POS1"), ("POS2", "poscon", "POS2")] + [("DMSO", "negcon", "DMSO")] * dmso)
         for w, (pert, kind, cpd) in enumerate(perts):
             rows.append({"Metadata_Plate": f"P{p}", "Metadata_Well": f"W{w:03d}", "Metadata_Perturbation": pert,

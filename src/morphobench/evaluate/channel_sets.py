@@ -33,7 +33,8 @@ def check_channel_sets(channel_sets: Sequence[Sequence[str]], where: str = "eval
     sets = [list(map(str, s)) for s in channel_sets]
     for i, s in enumerate(sets):
         if not s or len(set(s)) != len(s):
-            raise MorphobenchError(f"{where}[{i}]: a channel set is a non-empty list of distinct channel names, got {s}")
+            raise MorphobenchError(f"{where}[{i}]: a channel set is a non-empty list of distinct channel names, "
+                                   f"got {s}")
     names = [set_name(s) for s in sets]
     if len(set(names)) != len(names):
         raise MorphobenchError(f"{where}: a channel set is listed twice ({names})")

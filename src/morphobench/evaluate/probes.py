@@ -184,7 +184,8 @@ def run_probe(x_train, y_train, x_val, y_val, tests: Sequence[SealedTestSet],
     for t in tests:
         x, y = t.read(probe)
         acc, bal = _accuracy(np.asarray(y, dtype=object), probe.predict(np.asarray(x, np.float64)))
-        maj = float(pd.Series(np.asarray(y, dtype=object)).value_counts(normalize=True).iloc[0]) if len(y) else float("nan")
+        yy = pd.Series(np.asarray(y, dtype=object))
+        maj = float(yy.value_counts(normalize=True).iloc[0]) if len(yy) else float("nan")
         rows.append({"test_split": t.name, "n_train": len(y_train), "n_val": len(y_val), "n_test": len(y),
                      "n_classes": len(probe.classes), "best_epoch": probe.best_epoch,
                      "accuracy": acc, "balanced_accuracy": bal, "majority": maj})

@@ -279,7 +279,8 @@ class Campfire(EmbeddingModel):
         dd = y.shape[-1]
         full = self.mask_token.to(y.dtype).expand(b, c, self.num_patches, dd)
         full = torch.scatter(full, 2, keep[:, None, :, None].expand(b, c, k, dd), y)
-        full = full + self.decoder_pos_embed.to(y.dtype) + self.channel_embed(channel_means.to(y.dtype))[None, :, None, :]
+        chan = self.channel_embed(channel_means.to(y.dtype))  # (C, Dd): one shared layer for every channel
+        full = full + self.decoder_pos_embed.to(y.dtype) + chan[None, :, None, :]
         full = full.reshape(b, c * self.num_patches, dd)
         rope = self.decoder_rope.repeat(c, 1)  # (C·N, 2·head_dim)
         for blk in self.decoder_blocks:

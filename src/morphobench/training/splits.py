@@ -152,11 +152,13 @@ def campfire(wells: pd.DataFrame, *, seed: int = 0, n_heldout_plates: int = 5, n
         if not isinstance(val, (int, np.integer)) or val < 0:
             raise MorphobenchError(f"{where}.{key} must be an integer ≥ 0, got {val!r}")
     if n_train is not None and (not isinstance(n_train, (int, np.integer)) or n_train < 1):
-        raise MorphobenchError(f"{where}.n_train must be an integer ≥ 1 or null (every remaining well), got {n_train!r}")
+        raise MorphobenchError(f"{where}.n_train must be an integer ≥ 1 or null (every remaining well), "
+                               f"got {n_train!r}")
     if heldout_from not in ("compound", "treatment"):
         raise MorphobenchError(f"{where}.heldout_from must be compound|treatment, got {heldout_from!r}")
     if not 0.0 <= other_plates_train_fraction <= 1.0:
-        raise MorphobenchError(f"{where}.other_plates_train_fraction must be in [0, 1], got {other_plates_train_fraction}")
+        raise MorphobenchError(f"{where}.other_plates_train_fraction must be in [0, 1], "
+                               f"got {other_plates_train_fraction}")
     w = wells.reset_index(drop=True).copy()
     w["Metadata_Plate"] = w["Metadata_Plate"].astype(str)
     w["Metadata_Perturbation"] = w["Metadata_Perturbation"].astype(str)
