@@ -349,6 +349,44 @@ for _key, _arch, _label in (("s16", "vit_small_patch16_224.augreg_in21k", "ViT-S
         paper="MAE-CVPR Table 3"))
 
 # ---- Campfire family (Campfire paper; models/campfire.py) ----------------------------------------
+#: Campfire training as the paper (§3.1: AdamW lr 5e-4, wd 0.005, linear warm-up from 1e-5, cosine to
+#: 1e-6, flips + rotations + channel normalisation; Nu, Ac, M trained, ER and RNA held out), sized
+#: for a CPU: few epochs and steps. config/paper/campfire_jump_source3.yaml has the paper's scale.
+#: "Channel normalisation": the crop store is scaled per plate and channel (percentiles), inputs are
+#: that scale mapped to [0, 1] (``normalize: unit``); per-image self-standardization (MAE-CVPR) would
+#: erase intensity phenotypes. AdamW betas (0.9, 0.95) as MAE (the paper names none).
+_CAMPFIRE_TRAIN = {"optimizer": "adamw", "lr": 5e-4, "weight_decay": 0.005, "betas": [0.9, 0.95],
+                   "schedule": "cosine", "warmup_lr": 1e-5, "min_lr": 1e-6, "flips": True, "rot90": True,
+                   "normalize": "unit", "channels": ["DNA", "AGP", "Mito"]}
+#: model parameters every Campfire size takes (models/campfire.py; the loss weights and filter
+#: fractions are README "Campfire"'s documented defaults — every one can be set in `params`)
+_CAMPFIRE_MODEL = {"img_size": 112, "patch_size": 14, "mask_ratio": 0.8, "mlp_ratio": 4.0, "drop_path_rate": 0.0,
+                   "rope_theta": 100.0, "channel_subsampling": True, "lambda_spatial": 0.75, "lambda_low": 0.25,
+                   "lambda_high": 0.0, "lambda_fourier": 0.0, "low_pass_fraction": 0.25, "high_pass_fraction": 0.1}
+register(Method(
+    "campfire_s14", "campfire", input="cell112", level="cell", trains=True, model="campfire_s14", split="campfire",
+    defaults={"embed_dim": 96, "depth": 2, "num_heads": 3, "decoder_dim": 64, "decoder_depth": 1,
+              "decoder_heads": 2, **_CAMPFIRE_MODEL, **_CAMPFIRE_TRAIN, "epochs": 4, "warmup_epochs": 1,
+              "batch_size": 64, "steps_per_epoch": 15, "val_batches": 4},
+    description="Campfire channel-agnostic MAE, patch 14, one shared decoder; CPU-sized defaults (96-d × 2 "
+                "blocks, decoder 64-d × 1, 4 epochs × 15 steps of 64); ViT-S/14 (384-d × 12 blocks, 6 heads) "
+                "with params",
+    paper="Campfire §2.2, §3.1"))
+register(Method(
+    "campfire_b14", "campfire", input="cell112", level="cell", trains=True, model="campfire_b14", split="campfire",
+    defaults={"embed_dim": 768, "depth": 12, "num_heads": 12, "decoder_dim": 512, "decoder_depth": 8,
+              "decoder_heads": 16, **_CAMPFIRE_MODEL, **_CAMPFIRE_TRAIN, "epochs": 1, "warmup_epochs": 0.5,
+              "batch_size": 32, "steps_per_epoch": 5, "val_batches": 2},
+    description="Campfire with a ViT-B/14 encoder (768-d × 12 blocks); CPU defaults train 5 steps only",
+    paper="Campfire §2.2, App. B"))
+register(Method(
+    "campfire_l14", "campfire", input="cell112", level="cell", trains=True, model="campfire_l14", split="campfire",
+    defaults={"embed_dim": 1024, "depth": 24, "num_heads": 16, "decoder_dim": 512, "decoder_depth": 8,
+              "decoder_heads": 16, **_CAMPFIRE_MODEL, **_CAMPFIRE_TRAIN, "epochs": 1, "warmup_epochs": 0.5,
+              "batch_size": 16, "steps_per_epoch": 3, "val_batches": 1},
+    description="Campfire with the paper's ViT-L/14 encoder (1024-d × 24 blocks); CPU defaults train 3 steps "
+                "only (paper scale: config/paper/campfire_jump_source3.yaml)",
+    paper="Campfire §3.1, Table 2.4"))
 
 
 # ------------------------------------------------------------------------------------------------

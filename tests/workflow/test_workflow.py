@@ -300,3 +300,54 @@ def test_arm_needs_the_screens_expression_table(tmp_path, resources_dir):
                     configfile=_arm_config(tmp_path, resources_dir, {"missing_expression": "skip"}))
     assert res.returncode == 0, res.stderr[-3000:]
     assert "tvn+arm" not in res.stdout + res.stderr
+def test_campfire_runs_end_to_end_on_the_tiny_screen(tmp_path, resources_dir):
+    """Campfire through the real Snakefile (tiny sizes): its split, training, per-plate embedding,
+    probe cells, channel-set embeddings, probes of every method (incl. a bring-your-own parquet), Z′
+    of every method × correction and the three figures."""
+    base = tiny_config(resources_dir)
+    base["images"]["crops"] = {"kinds": ["cell112"], "cell112": {"size": 28}}
+    cfg = write_config(tmp_path / "tiny.yaml", base)
+    first = snakemake(tmp_path, "--cores", "2", "results/simulated/wells.parquet", configfile=cfg)
+    assert first.returncode == 0, first.stderr[-3000:]
+    plate_map = pd.read_parquet(tmp_path / "results/simulated/wells.parquet")
+    mine = plate_map[["Metadata_Plate", "Metadata_Well"]].copy()
+    mine["f0"] = np.random.default_rng(0).normal(size=len(mine))
+    (tmp_path / "data").mkdir()
+    mine.to_parquet(tmp_path / "data" / "mine.parquet")
+    tiny_cf = {"img_size": 28, "patch_size": 7, "embed_dim": 16, "depth": 1, "num_heads": 1, "decoder_dim": 8,
+               "decoder_depth": 1, "decoder_heads": 1, "epochs": 1, "steps_per_epoch": 2, "batch_size": 8,
+               "val_batches": 1}
+    cfg = write_config(tmp_path / "tiny.yaml", {
+        **base,
+        "methods": ["random", {"name": "campfire_s14", "params": tiny_cf},
+                    {"name": "mine", "kind": "embeddings", "path": "data/mine.parquet"}],
+        "splits": {"campfire": {"n_heldout_plates": 1, "n_heldout_compounds": 2, "n_train": 1, "n_val": 1,
+                                "n_test": 1, "one_well_per_plate": False}},
+        "evaluate": {**base["evaluate"],
+                     "campfire_probes": {"n_subsets": 2, "n_folds": 3, "max_epochs": 3, "patience": 2,
+                                         "channel_sets": [["DNA"], ["DNA", "ER", "RNA"]]},
+                     "zprime": {"reference": "all", "corrections": ["none", "tvn"]}},
+    })
+    targets = ["results/campfire_probes_summary.tsv", "results/zprime.tsv", "results/figures/campfire_probes.png",
+               "results/figures/campfire_channel_sets.png", "results/figures/zprime.png"]
+    res = snakemake(tmp_path, "--cores", "2", *targets, configfile=cfg)
+    assert res.returncode == 0, res.stderr[-5000:]
+    out = tmp_path / "results"
+    split = pd.read_csv(out / "simulated/splits/campfire.tsv", sep="\t")
+    assert {"train", "test_out_plate", "test_out_compound"} <= set(split["split"])
+    probes = pd.read_csv(out / "campfire_probes.tsv", sep="\t")
+    assert set(probes["method"]) == {"random", "campfire_s14", "mine"}
+    cf = probes[probes["method"] == "campfire_s14"]
+    assert set(cf["channel_set"]) == {"default", "DNA", "DNA+ER+RNA"}  # channel agnostic: re-embedded per set
+    assert set(probes.loc[probes["method"] == "random", "channel_set"]) == {"default"}
+    assert probes["accuracy"].between(0, 1).all() and set(probes["task"]) <= {"A", "B"}
+    summ = pd.read_csv(out / "campfire_probes_summary.tsv", sep="\t")
+    assert {"accuracy_mean", "accuracy_ci_low", "chance"} <= set(summ.columns)
+    z = pd.read_csv(out / "zprime.tsv", sep="\t")
+    corrections = base["corrections"]
+    assert set(z["method"]) == {"random", "campfire_s14", "mine"} and set(z["correction"]) == set(corrections)
+    n_ctrl = plate_map.loc[plate_map["Metadata_PertType"] != "trt", "Metadata_Perturbation"].nunique()
+    assert len(z) == 3 * len(corrections) * n_ctrl * (n_ctrl - 1)  # every ordered pair (reference: all)
+    for fig in ("campfire_probes", "campfire_channel_sets", "zprime"):
+        assert (out / "figures" / f"{fig}.png").stat().st_size > 5_000
+    assert (out / "zprime.tsv.provenance.json").exists() and (out / "campfire_probes.tsv.provenance.json").exists()

@@ -45,13 +45,20 @@ def crop_metadata(rows: pd.DataFrame) -> pd.DataFrame:
     return meta
 
 
-def crop_batches(crops_index: str, channels: Sequence[str], augment_cfg, *, batch_size: int = 64,
-                 device: str | torch.device = "cpu", desc: str | None = None) -> Iterator[torch.Tensor]:
-    """The crops of ``crops_index`` (channels ``channels``, in index order) as normalized
-    evaluation-mode batches (B, C, H, W) on ``device``."""
-    from morphobench.training.data import CropSet, augment, index_rows, load_batch
+def _rows(crops_index: str | pd.DataFrame) -> pd.DataFrame:
+    from morphobench.training.data import index_rows
 
-    ds = CropSet(index_rows(crops_index), channels)
+    return crops_index.reset_index(drop=True) if isinstance(crops_index, pd.DataFrame) else index_rows(crops_index)
+
+
+def crop_batches(crops_index: str | pd.DataFrame, channels: Sequence[str], augment_cfg, *, batch_size: int = 64,
+                 device: str | torch.device = "cpu", desc: str | None = None) -> Iterator[torch.Tensor]:
+    """The crops of ``crops_index`` (a crop index parquet, or index rows with ``Crop_Base`` as
+    :func:`morphobench.training.data.index_rows` returns them, e.g. a subset; channels
+    ``channels``, in index order) as normalized evaluation-mode batches (B, C, H, W) on ``device``."""
+    from morphobench.training.data import CropSet, augment, load_batch
+
+    ds = CropSet(_rows(crops_index), channels)
     n = len(ds)
     starts = range(0, n, batch_size)
     it = progress(starts, total=len(starts), desc=desc) if desc else starts
@@ -60,26 +67,26 @@ def crop_batches(crops_index: str, channels: Sequence[str], augment_cfg, *, batc
         yield augment(batch["image"], augment_cfg, train=False).to(device)
 
 
-def embed_crops(fn: Callable[[torch.Tensor], torch.Tensor], crops_index: str, channels: Sequence[str],
-                augment_cfg, *, batch_size: int = 64, device: str | torch.device = "cpu",
+def embed_crops(fn: Callable[[torch.Tensor], torch.Tensor], crops_index: str | pd.DataFrame,
+                channels: Sequence[str], augment_cfg, *, batch_size: int = 64, device: str | torch.device = "cpu",
                 desc: str = "embed") -> pd.DataFrame:
-    """Apply ``fn`` (B, C, H, W) → (B, D) to every crop of ``crops_index``; rows as in the module doc."""
-    from morphobench.training.data import index_rows
-
-    rows = index_rows(crops_index)
+    """Apply ``fn`` (B, C, H, W) → (B, D) to every crop of ``crops_index`` (a parquet or index rows,
+    as :func:`crop_batches`); rows as in the module doc."""
+    rows = _rows(crops_index)
+    source = f"{len(rows)} given crops" if isinstance(crops_index, pd.DataFrame) else str(crops_index)
     chunks: list[np.ndarray] = []
     with torch.no_grad():
-        for x in crop_batches(crops_index, channels, augment_cfg, batch_size=batch_size, device=device, desc=desc):
+        for x in crop_batches(rows, channels, augment_cfg, batch_size=batch_size, device=device, desc=desc):
             z = fn(x)
             if z.ndim != 2 or z.shape[0] != x.shape[0]:
                 raise MorphobenchError(f"{desc}: embedding of shape {tuple(z.shape)} for a batch of {x.shape[0]}")
             chunks.append(z.float().cpu().numpy())
     if not chunks:
-        log.warning("%s: %s holds no crops", desc, crops_index)
+        log.warning("%s: %s holds no crops", desc, source)
         return crop_metadata(rows)
     emb = np.concatenate(chunks).astype(np.float32)
     if not np.isfinite(emb).all():
-        raise MorphobenchError(f"{desc}: non-finite embeddings for {crops_index}")
+        raise MorphobenchError(f"{desc}: non-finite embeddings for {source}")
     feats = pd.DataFrame(emb, columns=[f"emb_{j:04d}" for j in range(emb.shape[1])])
     return pd.concat([crop_metadata(rows), feats], axis=1)
 

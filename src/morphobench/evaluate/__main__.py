@@ -16,6 +16,8 @@
     python -m morphobench.evaluate moa-triplets (--emb CELLS | --random-cells INDEX) --wells W --split S \
         --fold F --key JSON --out OUT [--modes mean random oracle --model model.pt] [--by-group COL] …
     python -m morphobench.evaluate teams-table --table teams_table2 --source results/moa_triplets.tsv --out OUT
+    python -m morphobench.evaluate campfire-cells|channel-sets|probes|probes-summary|zprime …
+        (Campfire probes, channel sets and Z′: morphobench.evaluate.campfire_cli)
 """
 
 from __future__ import annotations
@@ -121,7 +123,9 @@ def _parser() -> argparse.ArgumentParser:
     tt.add_argument("--out", required=True)
     tt.add_argument("--config-hash")
     tt.add_argument("--methods", default="{}")
-    for p in (k, r, s, c, g, m, b, t, tt):
+    from morphobench.evaluate import campfire_cli
+
+    for p in (k, r, s, c, g, m, b, t, tt, *campfire_cli.add_parsers(sub)):
         p.add_argument("--log")
     return ap
 
@@ -135,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args, stages) -> None:
-    if args.cmd == "known-relationships":
+    from morphobench.evaluate import campfire_cli
+
+    if args.cmd in campfire_cli.COMMANDS:
+        campfire_cli.dispatch(args)
+    elif args.cmd == "known-relationships":
         stages.known_relationships(args.pert, json.loads(args.annotations), json.loads(args.key),
                                    args.out_known, args.out_curve, args.out_sets,
                                    gene_sets=json.loads(args.gene_sets), gene_set_null=args.gene_set_null,

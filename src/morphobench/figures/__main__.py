@@ -7,6 +7,8 @@
     python -m morphobench.figures batch-correction --table results/batch_correction.tsv --out PNG
     python -m morphobench.figures teams-table2 --table results/teams_table2.tsv --out PNG   (also 3, 4, 5, 6)
     python -m morphobench.figures teams-umap --emb cell.parquet --wells W --split S --method M --out PNG
+    python -m morphobench.figures campfire-probes|campfire-channel-sets --table results/campfire_probes.tsv --out PNG
+    python -m morphobench.figures zprime --table results/zprime.tsv --out PNG
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ FIGURES = {
     "teams-table4": "morphobench.figures.teams:table4_bars",
     "teams-table5": "morphobench.figures.teams:table5_bars",
     "teams-table6": "morphobench.figures.teams:table6_bars",
+    # Campfire (morphobench.figures.campfire_plots)
+    "campfire-probes": "morphobench.figures.campfire_plots:probe_accuracy",
+    "campfire-channel-sets": "morphobench.figures.campfire_plots:channel_set_accuracy",
+    "zprime": "morphobench.figures.campfire_plots:zprime_bars",
 }
 
 
