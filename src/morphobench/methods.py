@@ -62,7 +62,11 @@ from morphobench.io import MorphobenchError
 _log = logging.getLogger("morphobench.methods")
 
 #: Inputs a method can read: the plate map only, whole sites, or a crop kind.
-INPUTS: tuple[str, ...] = ("none", "site", "cell128", "cell112", "tile256")
+#: the crop kinds a method may read (crop stores)
+CROP_KINDS: tuple[str, ...] = ("cell128", "cell112", "tile256")
+#: what a method reads: nothing but the plate map, whole sites, a crop kind, or another method's
+#: well profiles (``params.source``)
+INPUTS: tuple[str, ...] = ("none", "site", *CROP_KINDS, "profiles")
 #: Levels of a method's rows (what its embeddings file holds).
 LEVELS: tuple[str, ...] = ("cell", "tile", "site", "well")
 #: Bring-your-own kinds of the config's ``methods:`` entries.
@@ -99,7 +103,7 @@ class Method:
 
     @property
     def crop_kind(self) -> str | None:
-        return self.input if self.input not in ("none", "site") else None
+        return self.input if self.input in CROP_KINDS else None
 
     @property
     def kind(self) -> str:
@@ -200,9 +204,22 @@ register(Method(
     defaults={"dim": 1024, "seed": 0},
     description="one fixed-seed N(0,1) vector per well (depends only on seed, plate, well)",
     paper="MAE-CVPR Table 3"))
+for _dim in (128, 384, 512, 768):
+    register(Method(
+        f"random_{_dim}", "baseline", input="none", level="well", embed="morphobench.embed.baselines:embed_random",
+        defaults={"dim": _dim, "seed": 0},
+        description=f"one fixed-seed N(0,1) {_dim}-D vector per well (random baselines of several sizes)",
+        paper="MAE-W A.3"))
+register(Method(
+    "shuffled", "baseline", input="profiles", level="well", embed="morphobench.embed.baselines:embed_shuffled",
+    defaults={"source": "cellprofiler", "seed": 0},
+    description="another method's well profiles (params.source), each well given another well's profile "
+                "(a seeded derangement)",
+    paper="MAE-W A.3"))
 register(Method(
     "pixel_stats", "baseline", input="site", level="site", embed="morphobench.embed.baselines:embed_pixel_stats",
-    description="30 intensity statistics per site (mean, sd, median, p5, p95, fraction above Otsu × 5 channels)",
+    description="30 intensity statistics per site over every channel: per channel the first 30 // C of mean, sd, "
+                "median, p5, p95, fraction above Otsu (6 × 5 channels, 5 × 6)",
     paper="MAE-CVPR Table 3"))
 register(Method(
     "cellprofiler", "cellprofiler", input="site", level="well",
@@ -440,8 +457,8 @@ def user_method(entry: Mapping[str, Any], where: str = "methods") -> Method:
         raise MorphobenchError(f"{where} ({name}): kind 'timm' needs arch: <timm architecture>")
     if not isinstance(weights, str) or not weights:
         raise MorphobenchError(f"{where} ({name}): kind 'timm' needs weights: <local file> or 'random'")
-    if inp not in INPUTS[2:]:
-        raise MorphobenchError(f"{where} ({name}): input must be a crop kind {list(INPUTS[2:])}, got {inp!r}")
+    if inp not in CROP_KINDS:
+        raise MorphobenchError(f"{where} ({name}): input must be a crop kind {list(CROP_KINDS)}, got {inp!r}")
     level = "tile" if inp.startswith("tile") else "cell"
     defaults = {"batch_size": 64, "normalize": "self", "device": "auto"}
     return Method(name, "user", input=inp, level=level, embed="morphobench.embed.timm_embed:embed_plate",
@@ -499,6 +516,13 @@ def resolve(entries: Iterable[Any], where: str = "methods") -> list[Configured]:
         out.append(c)
     if not out:
         raise MorphobenchError(f"{where}: no methods configured")
+    names = {c.name for c in out} | set(REGISTRY)
+    for c in out:
+        if c.method.input == "profiles":
+            src = c.method.params(c.overrides).get("source")
+            if src == c.name or src not in names:
+                raise MorphobenchError(f"{where}: method {c.name!r}: params.source must name another method "
+                                       f"(registered or configured), got {src!r}")
     return out
 
 

@@ -144,7 +144,8 @@ def test_tiny_config_runs_end_to_end(tmp_path, resources_dir):
     methods = ["random", "pixel_stats", "cellprofiler", {"name": "tiny_ae", "params": {"epochs": 2}}, teams,
                {"name": "my_profiles", "kind": "embeddings", "path": "data/my_wells.parquet"},
                {"name": "my_resnet", "kind": "timm", "arch": "resnet18", "weights": "data/resnet18.pth",
-                "input": "cell128"}]
+                "input": "cell128"},
+               {"name": "shuffled", "params": {"source": "cellprofiler"}}]
     cfg = write_config(tmp_path / "tiny.yaml", {**base, "methods": methods})
     res = snakemake(tmp_path, "--cores", "2", configfile=cfg, plugin=True)
     assert res.returncode == 0, res.stderr[-5000:]
@@ -163,7 +164,7 @@ def test_tiny_config_runs_end_to_end(tmp_path, resources_dir):
     assert (tmp_path / "results" / "figures" / "example_sites_simulated.png").stat().st_size > 10_000
     # every results table, with its key columns, one row per configured combination
     res = tmp_path / "results"
-    methods = ["random", "pixel_stats", "cellprofiler", "tiny_ae", "teams", "my_profiles", "my_resnet"]
+    methods = ["random", "pixel_stats", "cellprofiler", "tiny_ae", "teams", "my_profiles", "my_resnet", "shuffled"]
     corrections = ["none", "tvn"]
     known = pd.read_csv(res / "known_relationships.tsv", sep="\t")
     assert list(known.columns[:8]) == ["dataset", "method", "correction", "source", "n_genes", "n_pairs",
@@ -197,6 +198,9 @@ def test_tiny_config_runs_end_to_end(tmp_path, resources_dir):
     cells = pd.read_parquet(ds_res / "embeddings" / "tiny_ae" / "cell.parquet")
     assert cells.filter(like="emb_").shape[1] == 8 and "Metadata_ObjectNumber" in cells
     assert len(pd.read_parquet(ds_res / "embeddings" / "my_resnet" / "cell.parquet")) == len(cells)
+    cp_prof = pd.read_parquet(ds_res / "profiles" / "cellprofiler" / "well.parquet")
+    shuf = pd.read_parquet(ds_res / "profiles" / "shuffled" / "well.parquet")
+    assert len(shuf) == len(cp_prof) and not shuf.filter(like="Nuclei_").equals(cp_prof.filter(like="Nuclei_"))
     mine_prof = pd.read_parquet(ds_res / "profiles" / "my_profiles" / "well.parquet")
     assert len(mine_prof) == len(plate_map) and mine_prof["Metadata_PertType"].notna().all()
     split = pd.read_csv(ds_res / "splits" / "treatment_folds.tsv", sep="\t")

@@ -18,6 +18,8 @@ def embed_plate_inputs(w):
     d = {"wells": f"{ds}/wells.parquet", "sheet": f"{ds}/images.parquet"}
     if m.input == "site":
         d["illum"] = f"{ds}/illum/{w.plate}.npz"
+    elif m.input == "profiles":  # another method's well profiles (params.source; e.g. shuffled)
+        d["profiles"] = f"{ds}/profiles/{method_spec(w.method)['params']['source']}/well.parquet"
     elif m.crop_kind:
         d["crops"] = f"{ds}/crops/{m.crop_kind}/plates/{w.plate}.parquet"
         d["store"] = f"{ds}/crops/{m.crop_kind}/plates/{w.plate}.zarr"
@@ -31,7 +33,7 @@ def embed_plate_inputs(w):
 
 
 def embed_plate_flags(w, input):
-    return " ".join(f"--{k} {input[k]}" for k in ("illum", "crops", "model") if k in input.keys())
+    return " ".join(f"--{k} {input[k]}" for k in ("illum", "crops", "model", "profiles") if k in input.keys())
 
 
 def embed_threads(w):

@@ -1,7 +1,7 @@
 """CLI for the embedding stages (called by workflow/rules/embed.smk), the same for every method.
 
     python -m morphobench.embed plate --spec JSON --plate P --out OUT \
-        [--wells W] [--sheet S] [--illum F] [--crops INDEX] [--model model.pt] [--device auto]
+        [--wells W] [--sheet S] [--illum F] [--crops INDEX] [--model model.pt] [--profiles WELLS] [--device auto]
     python -m morphobench.embed gather --parts A B … --out embeddings/{method}/{level}.parquet
     python -m morphobench.embed export-timm-weights --arch vit_base_patch16_224.augreg_in21k \
         --out resources/weights/vit_base_patch16_224.augreg_in21k.pth     (needs internet; ImageNet baselines)
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spec", required=True)
     p.add_argument("--plate", required=True)
     p.add_argument("--out", required=True)
-    for opt in ("--wells", "--sheet", "--illum", "--crops", "--model"):
+    for opt in ("--wells", "--sheet", "--illum", "--crops", "--model", "--profiles"):
         p.add_argument(opt)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, help="torch CPU threads")
@@ -71,7 +71,7 @@ def _run(args) -> None:
 
             torch.set_num_threads(args.threads)
         inputs = stages.EmbedInputs(wells=args.wells, sheet=args.sheet, illum=args.illum, crops=args.crops,
-                                    model=args.model, device=args.device)
+                                    model=args.model, profiles=args.profiles, device=args.device)
         stages.embed_plate(spec, args.plate, args.out, inputs)
     else:
         stages.method_profiles(spec, args.parts, args.wells, args.sheet, args.out_well,
