@@ -288,6 +288,8 @@ register(Method(
 _MAE_TRAIN = {"optimizer": "lion", "betas": [0.9, 0.95], "weight_decay": 0.05, "schedule": "cosine",
               "batch_size": 16, "flips": True, "rot90": False, "normalize": "self", "val_batches": 4}
 _MAE_CPU = {"s": {"depth": 2}, "b": {"depth": 2}, "l": {"depth": 2}}
+#: width and heads follow ``size`` (S 384/6, B 768/12, L 1024/16) unless given
+_VIT_ARCH = {"embed_dim": None, "num_heads": None}
 _MAE_SHORT = {"epochs": 3, "steps_per_epoch": 6}  # L and patch-8 variants on the CPU (README)
 for _size, _label in (("s", "ViT-S"), ("b", "ViT-B"), ("l", "ViT-L")):
     for _patch in (16, 8):
@@ -296,7 +298,7 @@ for _size, _label in (("s", "ViT-S"), ("b", "ViT-B"), ("l", "ViT-L")):
             register(Method(
                 f"mae_vit_{_size}{_patch}{'+' if _plus else ''}", "mae", input="tile256", level="tile",
                 trains=True, model="mae_vit", split="holdout_batches",
-                defaults={**_MAE_TRAIN, "size": _size, "patch_size": _patch, **_MAE_CPU[_size],
+                defaults={**_MAE_TRAIN, "size": _size, "patch_size": _patch, **_MAE_CPU[_size], **_VIT_ARCH,
                           "decoder_dim": 128, "decoder_depth": 1, "decoder_heads": 4, "mask_ratio": 0.75,
                           "fourier_weight": 0.01 if _plus else 0.0, "drop_path": 0.3 if _size == "l" else 0.1,
                           "lr": 3e-5 if _size == "l" else 1e-4, "epochs": 6, "steps_per_epoch": 8,
@@ -309,7 +311,7 @@ for _size, _label, _plus in (("s", "ViT-S", False), ("s", "ViT-S", True), ("b", 
     register(Method(
             f"ca_mae_{_size}16{'+' if _plus else ''}", "mae", input="tile256", level="tile", trains=True,
             model="ca_mae", split="holdout_batches",
-            defaults={**_MAE_TRAIN, "size": _size, "patch_size": 16, **_MAE_CPU[_size], "decoder_dim": 64,
+            defaults={**_MAE_TRAIN, "size": _size, "patch_size": 16, **_MAE_CPU[_size], **_VIT_ARCH, "decoder_dim": 64,
                       "decoder_depth": 1, "decoder_heads": 4, "mask_ratio": 0.85 if _size == "l" else 0.75,
                       "mask_mode": "per_channel", "embed_mode": "mean", "fourier_weight": 0.01 if _plus else 0.0,
                       "drop_path": 0.3 if _size == "l" else 0.1, "lr": 3e-5 if _size == "l" else 1e-4,
@@ -334,7 +336,7 @@ for _name, _dim, _adabn in (("wsl_densenet161", 128, False), ("wsl_densenet161_a
         _name, "mae", input="tile256", level="tile", trains=True, model="wsl_densenet", split="replicate_holdout",
         defaults={"optimizer": "momentum", "momentum": 0.9, "lr": 0.05, "weight_decay": 1e-4, "schedule": "cosine",
                   "batch_size": 16, "flips": True, "rot90": False, "normalize": "self", "val_batches": 4,
-                  "embed_dim": _dim, "growth_rate": 12, "block_config": [2, 4, 6, 4], "adabn": _adabn,
+                  "embed_dim": _dim, "growth_rate": 12, "block_config": [2, 4, 6, 4], "neck_hidden": None, "adabn": _adabn,
                   "ghost_batch": 16, "adabn_inference": "plate", "sampler": "plate" if _adabn else "random",
                   "epochs": 6, "steps_per_epoch": 8},
         description=f"weakly supervised DenseNet-161 perturbation classifier, {_dim}-D MLP-neck embedding"
@@ -346,7 +348,8 @@ for _size, _label in (("b", "ViT-B"), ("l", "ViT-L")):
         split="replicate_holdout",
         defaults={"optimizer": "adamw", "betas": [0.9, 0.999], "lr": 3e-4, "weight_decay": 0.05, "schedule": "cosine",
                   "batch_size": 16, "flips": True, "rot90": False, "normalize": "self", "val_batches": 4,
-                  "size": _size, "patch_size": 16, "depth": 2, "drop_path": 0.1, "epochs": 6, "steps_per_epoch": 8,
+                  "size": _size, "patch_size": 16, "depth": 2, **_VIT_ARCH, "drop_path": 0.1, "epochs": 6,
+                  "steps_per_epoch": 8,
                   **(_MAE_SHORT if _size == "l" else {})},
         description=f"weakly supervised {_label}/16 perturbation classifier: class-token embedding",
         paper="MAE-CVPR §4.1"))

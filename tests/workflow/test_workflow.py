@@ -57,8 +57,10 @@ def tiny_config(resources_dir: Path) -> dict:
         "corrections": ["none", "tvn"],
         # the batch-correction table's 18 default rows are checked on the default screen and in
         # test_eval_stages; here four of them (given out of order: the table keeps the paper's)
+        # Campfire's probes need cell112 crops: they have their own test (test_campfire_runs_end_to_end…)
         "evaluate": {"retrieval": {"null_size": 2000},
-                     "batch_correction": {"corrections": ["tvn+arm", "tvn", "none+arm", "none"]}},
+                     "batch_correction": {"corrections": ["tvn+arm", "tvn", "none+arm", "none"]},
+                     "campfire_probes": {"datasets": []}},
     }
 
 
@@ -315,7 +317,8 @@ def test_campfire_runs_end_to_end_on_the_tiny_screen(tmp_path, resources_dir):
     assert first.returncode == 0, first.stderr[-3000:]
     plate_map = pd.read_parquet(tmp_path / "results/simulated/wells.parquet")
     mine = plate_map[["Metadata_Plate", "Metadata_Well"]].copy()
-    mine["f0"] = np.random.default_rng(0).normal(size=len(mine))
+    for j in range(4):  # a profile of several features (a 1-D one can have no spherical-mean direction)
+        mine[f"f{j}"] = np.random.default_rng(j).normal(size=len(mine))
     (tmp_path / "data").mkdir()
     mine.to_parquet(tmp_path / "data" / "mine.parquet")
     tiny_cf = {"img_size": 28, "patch_size": 7, "embed_dim": 16, "depth": 1, "num_heads": 1, "decoder_dim": 8,

@@ -1,4 +1,5 @@
 # Shared helpers: config validation (with defaults), dataset/plate lists, target lists.
+import functools
 import json
 import os
 import shlex
@@ -76,10 +77,19 @@ def plates(dataset):
     cfg = dataset_cfg(dataset)
     if cfg["loader"] == "simulated":
         return dataset_plates(cfg)
-    import pandas as pd
-
     sheet = checkpoints.image_sheet.get(dataset=dataset).output.sheet
-    return sorted(pd.read_parquet(sheet, columns=["Metadata_Plate"])["Metadata_Plate"].astype(str).unique())
+    return list(_sheet_plates(sheet, os.stat(sheet).st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=None)
+def _sheet_plates(sheet, mtime_ns):
+    """The plates of an image sheet, read once per file version (input functions call plates()
+    for every job: re-reading a 2,000-plate sheet each time dominated the DAG build)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    col = pq.read_table(sheet, columns=["Metadata_Plate"]).column("Metadata_Plate")
+    return tuple(sorted(str(p) for p in pc.unique(col).to_pylist()))
 
 
 def plates_if_known(dataset):

@@ -21,7 +21,7 @@ Kinds (:data:`SPLITS`):
     ``train``. With a single batch the held-out unit is a plate, with a single plate a quarter of
     each perturbation's wells (said so in the log). One fold.
 ``replicate_holdout`` (ours; the weakly supervised classifiers, which must see every class in
-    training): per perturbation (controls included), ``round(val_fraction · n_wells)`` of its wells
+    training): per perturbation (controls included), ``val_fraction · n_wells`` (rounded half up) of its wells
     (never all; drawn with the seed) are ``val``, the rest ``train``. One fold.
 
 ``campfire`` (Campfire §2.1, Fig. 2.1): a plate-and-compound design with one fold. From the
@@ -134,7 +134,7 @@ def _replicate_mask(wells: pd.DataFrame, val_fraction: float, seed: int) -> np.n
     w = wells.reset_index(drop=True)
     for _, grp in w.sort_values(list(WELL_KEYS), kind="stable").groupby("Metadata_Perturbation", sort=True):
         n = len(grp)
-        k = min(n - 1, int(round(val_fraction * n)))
+        k = min(n - 1, int(np.floor(val_fraction * n + 0.5)))  # rounded half up: 2 wells → 1
         if k > 0:
             is_val[grp.index.to_numpy()[rng.permutation(n)[:k]]] = True
     return is_val
@@ -355,12 +355,12 @@ def check_split(table: pd.DataFrame, source: str = "split table", kind: str | No
     if dup.any():
         raise MorphobenchError(f"{source}: wells listed twice in one fold, e.g. "
                                f"{table.loc[dup, list(WELL_KEYS) + ['fold']].head(3).to_dict('records')}")
-    kinds = {kind} if kind else set()
-    if "split_kind" in table.columns:
-        kinds |= set(table["split_kind"].astype(str))
+    kinds = set(table["split_kind"].astype(str)) if "split_kind" in table.columns else set()
     unknown = sorted(kinds - set(SPLITS))
     if unknown:
         raise MorphobenchError(f"{source}: unknown split_kind {unknown}; known: {sorted(SPLITS)}")
+    if not kinds and kind in SPLITS:  # a table without split_kind: the kind the caller reads it as
+        kinds = {kind}
     if kinds and kinds <= BY_WELL:
         return  # split by well: a treatment's wells are in several splits by design
     trt = table[table["Metadata_PertType"].eq("trt")]
