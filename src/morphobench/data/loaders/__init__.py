@@ -10,6 +10,8 @@ One entry point, :func:`build_sheet`, looks the loader named by ``ds_cfg["loader
 :mod:`~morphobench.data.loaders.pattern`    a folder whose relative paths match a regex with the
                                             groups plate, well, site, channel [batch] (RxRx)
 :mod:`~morphobench.data.loaders.bbbc022`    ``BBBC022_v1_image.csv``: image sheet and plate map
+:mod:`~morphobench.data.loaders.moa`        user-supplied MoA tables → ``Metadata_MoA``
+                                            (``moa_table:`` of bbbc022)
 :mod:`~morphobench.data.loaders.plate_map`  the plate-map builder shared by all (``plate_map:``)
 :mod:`~morphobench.data.loaders.common`     the result type, common keys and helpers
 
@@ -52,6 +54,7 @@ from morphobench.data.loaders.common import (
 )
 from morphobench.data.loaders.cpjump1 import CPJUMP1_CHANNELS, cpjump1_sheet
 from morphobench.data.loaders.load_data import load_data_sheet
+from morphobench.data.loaders.moa import MOA_TABLE_KEYS, add_moa, read_moa_table
 from morphobench.data.loaders.pattern import RXRX_CHANNELS, pattern_sheet
 from morphobench.data.loaders.plate_map import PLATE_MAP_KEYS, build_plate_map, empty_plate_map
 from morphobench.io import MorphobenchError, write_parquet
@@ -68,10 +71,10 @@ LOADERS: dict[str, tuple[Callable[..., LoadResult], dict[str, tuple[str, Any, st
 LOADER_KEYS: dict[str, dict[str, tuple[str, Any, str]]] = {name: keys for name, (_, keys) in LOADERS.items()}
 
 __all__ = ["BBBC022_CHANNELS", "BBBC022_COLUMNS", "BBBC022_PLATE_MAP", "COMMON_KEYS", "CPJUMP1_CHANNELS",
-           "IMAGE_EXTENSIONS", "LOADERS", "LOADER_KEYS", "LoadResult", "PLATE_MAP_KEYS", "RXRX_CHANNELS",
-           "bbbc022_sheet", "build_plate_map", "build_sheet", "cpjump1_sheet", "empty_plate_map",
-           "iter_loader_keys", "load_data_sheet", "load_dataset", "normalize_well", "pattern_sheet",
-           "read_csv_table"]
+           "IMAGE_EXTENSIONS", "LOADERS", "LOADER_KEYS", "LoadResult", "MOA_TABLE_KEYS", "PLATE_MAP_KEYS",
+           "RXRX_CHANNELS", "add_moa", "bbbc022_sheet", "build_plate_map", "build_sheet", "cpjump1_sheet",
+           "empty_plate_map", "iter_loader_keys", "load_data_sheet", "load_dataset", "normalize_well",
+           "pattern_sheet", "read_csv_table", "read_moa_table"]
 
 
 def load_dataset(ds_cfg: Mapping, *, dataset: str | None = None,
