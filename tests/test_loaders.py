@@ -648,7 +648,8 @@ def test_cli(tmp_path):
                  "--out-sheet", str(tmp_path / "x.parquet")]) == 1
 
 
-@pytest.mark.parametrize("name", ["jump_cpjump1", "jump_cpg0016_source3", "rxrx3", "bbbc022"])
+@pytest.mark.parametrize("name", ["jump_cpjump1", "jump_cpg0016_source3", "rxrx3", "bbbc022",
+                                  "bbbc036", "bbbc037"])
 def test_example_configs_use_known_keys(repo_root, name):
     import yaml
 
@@ -667,7 +668,7 @@ def test_example_configs_use_known_keys(repo_root, name):
 
 def test_dispatch_table():
     """One module per loader, one {name: (function, keys)} table; every loader takes the common keys."""
-    assert set(L.LOADERS) == {"load_data", "cpjump1", "pattern", "bbbc022"}
+    assert set(L.LOADERS) == {"load_data", "cpjump1", "pattern", "bbbc022", "bbbc036", "bbbc037"}
     for name, (fn, keys) in L.LOADERS.items():
         assert callable(fn) and fn.__module__ == f"morphobench.data.loaders.{name}"
         assert set(L.COMMON_KEYS) <= set(keys) and L.LOADER_KEYS[name] is keys
