@@ -16,26 +16,11 @@ ZPC = config["evaluate"]["zprime"]
 CF_SPLIT = config["splits"]["campfire"]
 
 
-def _cf_datasets(section):
-    sel = section["datasets"]
-    if sel == "all":
-        return DATASETS
-    unknown = [d for d in sel if d not in DATASETS]
-    if unknown:
-        raise WorkflowError(f"config: evaluate.*.datasets: {unknown} are not configured datasets {DATASETS}")
-    return list(sel)
-
-
 CF_PROBE_DATASETS = _cf_datasets(CFP)
 ZP_DATASETS = _cf_datasets(ZPC)
 if CFP["crops"] not in config["images"]["crops"]["kinds"] and CF_PROBE_DATASETS:
     raise WorkflowError(f"config: evaluate.campfire_probes.crops {CFP['crops']!r} is not one of "
                         f"images.crops.kinds {config['images']['crops']['kinds']}")
-
-
-def _cf_probe_params():
-    keys = ("n_subsets", "n_folds", "max_epochs", "patience", "lr", "weight_decay", "batch_size", "seed")
-    return as_json({k: CFP[k] for k in keys})
 
 
 rule campfire_cells:
@@ -58,15 +43,6 @@ rule campfire_cells:
         "python -m morphobench.evaluate campfire-cells --crops {input.crops} --split {input.split} "
         "--controls {params.controls} --control-cells {params.control_cells} "
         "--heldout-cells {params.heldout_cells} --seed {params.seed} --out {output} 2> {log}"
-
-
-def _cf_channel_set_inputs(w):
-    m = configured(w.method).method
-    if not (m.trains and m.level in ("cell", "tile")):
-        raise WorkflowError(f"method {w.method!r}: channel sets need a trained cell- or tile-level model")
-    ds = f"results/{w.dataset}"
-    return {"model": f"{ds}/models/{w.method}/model.pt", "cells": f"{ds}/campfire/cells.parquet",
-            "crops": f"{ds}/crops/{m.crop_kind}/index.parquet"}
 
 
 rule campfire_channel_sets:
@@ -97,23 +73,6 @@ rule campfire_channel_sets:
         "--threads {threads} --name {wildcards.method} --out {output} 2> {log}"
 
 
-def _cf_probe_inputs(w):
-    m = configured(w.method).method
-    ds = f"results/{w.dataset}"
-    d = {"cells": f"{ds}/campfire/cells.parquet"}
-    d["rows"] = (f"{ds}/profiles/{w.method}/well.parquet" if m.level == "well"
-                 else f"{ds}/embeddings/{w.method}/{m.level}.parquet")
-    if m.trains and m.level in ("cell", "tile"):
-        d["channel_sets"] = f"{ds}/campfire/channel_sets/{w.method}.parquet"
-    if m.level == "tile":
-        d["crops"] = f"{ds}/crops/{m.crop_kind}/index.parquet"
-    return d
-
-
-def _cf_probe_flags(w, input):
-    return " ".join(f"--{k.replace('_', '-')} {input[k]}" for k in ("channel_sets", "crops") if k in input.keys())
-
-
 rule campfire_probes_part:
     """Tasks A and B of one method (its own embeddings + its channel sets)."""
     input:
@@ -124,7 +83,8 @@ rule campfire_probes_part:
         key=lambda w: as_json({"dataset": w.dataset, "method": w.method}),
         level=lambda w: configured(w.method).method.level,
         flags=_cf_probe_flags,
-        probe=_cf_probe_params(),
+        probe=as_json({k: CFP[k] for k in ("n_subsets", "n_folds", "max_epochs", "patience", "lr",
+                                           "weight_decay", "batch_size", "seed")}),
     log:
         "logs/{dataset}/eval/{method}/campfire_probes.log",
     benchmark:

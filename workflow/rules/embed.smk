@@ -7,40 +7,6 @@
 # CellProfiler's per-plate well profiles come from the cp_features rule (images.smk).
 
 
-def _method(w):
-    return configured(w.method).method
-
-
-def embed_plate_inputs(w):
-    """The files a method's per-plate embedding reads, from its registry input."""
-    m = _method(w)
-    ds = f"results/{w.dataset}"
-    d = {"wells": f"{ds}/wells.parquet", "sheet": f"{ds}/images.parquet"}
-    if m.input == "site":
-        d["illum"] = f"{ds}/illum/{w.plate}.npz"
-    elif m.input == "profiles":  # another method's well profiles (params.source; e.g. shuffled)
-        d["profiles"] = f"{ds}/profiles/{method_spec(w.method)['params']['source']}/well.parquet"
-    elif m.crop_kind:
-        d["crops"] = f"{ds}/crops/{m.crop_kind}/plates/{w.plate}.parquet"
-        d["store"] = f"{ds}/crops/{m.crop_kind}/plates/{w.plate}.zarr"
-    if m.trains:  # its own training on this dataset, or a model.pt given as params: {pretrained: …}
-        d["model"] = method_spec(w.method)["params"].get("pretrained") or f"{ds}/models/{w.method}/model.pt"
-    if m.kind == "timm" and m.user["weights"] != "random":
-        d["weights"] = m.user["weights"]
-    for p, path in MB_METHODS.needed_files(configured(w.method)).items():
-        d[f"needs_{p}"] = path
-    return d
-
-
-def embed_plate_flags(w, input):
-    return " ".join(f"--{k} {input[k]}" for k in ("illum", "crops", "model", "profiles") if k in input.keys())
-
-
-def embed_threads(w):
-    m = _method(w)
-    return 2 if (m.trains or m.kind == "timm") else 1
-
-
 rule embed_plate:
     """One plate embedded by one method (its registry `embed` function)."""
     input:
@@ -67,14 +33,6 @@ rule embed_plate:
         "--threads {threads} --out {output} 2> {log}"
 
 
-def method_parts(w):
-    """Per-plate parts of a method (registry template), or a user's own embeddings file."""
-    m = _method(w)
-    if m.kind == "embeddings":
-        return [m.user["path"].format(dataset=w.dataset)]
-    return [m.parts_path(w.dataset, p) for p in plates(w.dataset)]
-
-
 rule gather_embeddings:
     """A method's per-plate rows → one dataset-level file at its level (cell, tile or site)."""
     input:
@@ -91,13 +49,6 @@ rule gather_embeddings:
         mem_mb=8000,
     shell:
         "python -m morphobench.embed gather --parts {input} --out {output} 2> {log}"
-
-
-def profile_parts(w):
-    m = _method(w)
-    if m.level == "well":
-        return method_parts(w)
-    return [f"results/{w.dataset}/embeddings/{w.method}/{m.level}.parquet"]
 
 
 rule method_profiles:

@@ -3,21 +3,6 @@
 EVAL = "results/{dataset}/eval/{method}/{correction}"
 
 
-def eval_key(w):
-    return as_json({"dataset": w.dataset, "method": w.method, "correction": w.correction})
-
-
-def eval_combos(methods=None, corrections=None, datasets=None):
-    """(dataset, method, correction) triples configured for the evaluations (+arm corrections of
-    datasets without an expression table left out when correct.missing_expression is skip)."""
-    return [(d, m, c) for d in (datasets or DATASETS) for m in (methods or EVAL_LISTS["all"])
-            for c in (corrections or config["corrections"]) if not (c.endswith("+arm") and arm_skipped(d))]
-
-
-def eval_parts(table, combos):
-    return [f"results/{d}/eval/{m}/{c}/{table}.tsv" for d, m, c in combos]
-
-
 KR = config["evaluate"]["known_relationships"]
 RT = config["evaluate"]["retrieval"]
 CPR = config["evaluate"]["cp_regression"]
@@ -157,13 +142,6 @@ GATHER = {
 }
 
 
-def arm_skips():
-    """+arm rows recorded as skipped in the batch-correction table (correct.missing_expression: skip)."""
-    return {d: {c: f"no expression table for the cell line of {d} (correct.expression.{d})"
-                for c in BC["corrections"] if c.endswith("+arm")}
-            for d in DATASETS if arm_skipped(d)}
-
-
 rule gather_table:
     """Concatenate the per dataset × method × correction tables into results/{table}.tsv."""
     input:
@@ -211,7 +189,7 @@ rule batch_correction_table:
     params:
         method=BC["method"],
         corrections=" ".join(f"'{c}'" for c in BC["corrections"]),
-        skipped=as_json(arm_skips()),
+        skipped=as_json(arm_skips(BC["corrections"])),
         cfg=CONFIG_HASH,
         methods=METHODS_PROVENANCE,
     log:

@@ -15,20 +15,10 @@ MAE_FOURIER_MODELS = ("mae_vit", "ca_mae")
 WSL_MODELS = ("wsl_densenet", "wsl_vit")
 
 
-def _trained_here(name):
-    """Configured trained methods that train on the datasets (not a `pretrained` model file)."""
-    c = METHODS[name]
-    return c.method.trains and not method_spec(name)["params"].get("pretrained")
-
-
 MAE_TRAINED = [n for n in METHODS if _trained_here(n)]
 MAE_RECON = [n for n in MAE_TRAINED if METHODS[n].method.model in MAE_RECON_MODELS]
 MAE_CURVES = [n for n in MAE_TRAINED if METHODS[n].method.model in MAE_FOURIER_MODELS]
 MAE_R2 = [n for n in EVAL_LISTS["cp_regression"] if METHODS[n].method.model in MAE_RECON_MODELS + WSL_MODELS]
-
-
-def _model_file(dataset, method):
-    return f"results/{dataset}/models/{method}/model.pt"
 
 
 rule training_cost:
