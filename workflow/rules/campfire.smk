@@ -132,7 +132,13 @@ rule campfire_gather:
     input:
         lambda w: CF_GATHER[w.cftable],
     output:
-        "results/{cftable}.tsv",
+        report(
+            "results/{cftable}.tsv",
+            caption="../report/campfire_gather.rst",
+            category=lambda w: report_category(w.cftable),
+            subcategory="Tables",
+            labels=lambda w: report_labels("table", w.cftable),
+        ),
     wildcard_constraints:
         cftable="|".join(CF_GATHER) or "(?!)",
     params:
@@ -152,7 +158,13 @@ rule campfire_probes_summary:
     input:
         "results/campfire_probes.tsv",
     output:
-        "results/campfire_probes_summary.tsv",
+        report(
+            "results/campfire_probes_summary.tsv",
+            caption="../report/campfire_probes_summary.rst",
+            category=report_category("campfire_probes_summary"),
+            subcategory="Tables",
+            labels=report_labels("table", "campfire_probes_summary"),
+        ),
     params:
         cfg=CONFIG_HASH,
         methods=METHODS_PROVENANCE,
@@ -179,7 +191,13 @@ rule campfire_figure:
     input:
         lambda w: CF_FIGURES[w.cffigure][1],
     output:
-        "results/figures/{cffigure}.png",
+        report(
+            "results/figures/{cffigure}.png",
+            caption="../report/campfire_figure.rst",
+            category=lambda w: report_category(w.cffigure),
+            subcategory="Figures",
+            labels=lambda w: report_labels("figure", w.cffigure),
+        ),
     wildcard_constraints:
         cffigure="|".join(CF_FIGURES) or "(?!)",
     params:

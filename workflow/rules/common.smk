@@ -472,3 +472,51 @@ def _cf_probe_inputs(w):
 
 def _cf_probe_flags(w, input):
     return " ".join(f"--{k.replace('_', '-')} {input[k]}" for k in ("channel_sets", "crops") if k in input.keys())
+
+
+# ---- the report (snakemake --report; captions in workflow/report/) --------------------------------
+# results table or figure name → (report category, the paper table or figure it corresponds to)
+REPORT_ITEMS = {
+    "example_sites": ("Simulated screen", "none (what the simulated cells look like)"),
+    "known_relationships": ("Known relationships", "MAE-CVPR Table 3"),
+    "recall_curve": ("Known relationships", "MAE-CVPR Fig. 5 (right)"),
+    "recall_curves": ("Known relationships", "MAE-CVPR Fig. 5 (right)"),
+    "recall_by_method": ("Known relationships", "MAE-CVPR Table 3 (as bars)"),
+    "stringdb_gene_sets": ("Known relationships", "MAE-CVPR Table 5"),
+    "jump_retrieval": ("Retrieval", "MAE-CVPR Table 4"),
+    "retrieval": ("Retrieval", "MAE-CVPR Table 4 (as bars)"),
+    "cp_regression": ("CellProfiler regression", "MAE-CVPR Fig. 6 (per feature)"),
+    "cp_regression_summary": ("CellProfiler regression", "MAE-CVPR Fig. 6"),
+    "cp_regression_r2": ("CellProfiler regression", "MAE-CVPR Fig. 6"),
+    "cp_r2_mae_vs_wsl": ("CellProfiler regression", "MAE-CVPR Fig. 6"),
+    "batch_correction_recall": ("Batch correction", "MAE-CVPR Table 2 (long form)"),
+    "batch_correction": ("Batch correction", "MAE-CVPR Table 2"),
+    "training_cost": ("MAE training", "MAE-W App. A.3"),
+    "mae_loss_curves": ("MAE training", "MAE-CVPR Fig. 3"),
+    "reconstructions": ("MAE training", "MAE-W Fig. 1, MAE-CVPR Fig. 2"),
+    "recall_vs_training_flops": ("MAE training", "MAE-W Figs. 2 and 4, MAE-CVPR Fig. 5 (left)"),
+    "moa_triplets": ("TEAMs", "TEAMs Table 1 (the tasks), per fold"),
+    "teams_expert_modes": ("TEAMs", "TEAMs Table 6, per fold"),
+    "teams_heldout_groups": ("TEAMs", "TEAMs Table 3, per fold"),
+    "teams_table2": ("TEAMs", "TEAMs Table 2"),
+    "teams_table3": ("TEAMs", "TEAMs Table 3"),
+    "teams_table4": ("TEAMs", "TEAMs Table 4"),
+    "teams_table5": ("TEAMs", "TEAMs Table 5"),
+    "teams_table6": ("TEAMs", "TEAMs Table 6"),
+    "teams_umap": ("TEAMs", "TEAMs Fig. 5"),
+    "campfire_probes": ("Campfire", "Campfire Table 3.1"),
+    "campfire_probes_summary": ("Campfire", "Campfire Table 3.1"),
+    "campfire_channel_sets": ("Campfire", "Campfire Fig. 3.4, Table 3.2"),
+    "zprime": ("Campfire", "Campfire Fig. 3.5, App. C"),
+}
+
+
+def report_category(item):
+    """The report category of a results table or figure (REPORT_ITEMS)."""
+    return REPORT_ITEMS[item][0]
+
+
+def report_labels(kind, name, item=None):
+    """Labels of a reported file: its name (``kind``: table or figure) and the paper table or
+    figure it corresponds to (``item``: its REPORT_ITEMS key when not ``name``)."""
+    return {kind: name, "paper": REPORT_ITEMS[item or name][1]}

@@ -147,7 +147,13 @@ rule gather_table:
     input:
         lambda w: GATHER[w.table],
     output:
-        "results/{table}.tsv",
+        report(
+            "results/{table}.tsv",
+            caption="../report/gather_table.rst",
+            category=lambda w: report_category(w.table),
+            subcategory="Tables",
+            labels=lambda w: report_labels("table", w.table),
+        ),
     wildcard_constraints:
         table="|".join(GATHER),
     params:
@@ -166,7 +172,13 @@ rule cp_regression_summary:
     input:
         "results/cp_regression.tsv",
     output:
-        "results/cp_regression_summary.tsv",
+        report(
+            "results/cp_regression_summary.tsv",
+            caption="../report/cp_regression_summary.rst",
+            category=report_category("cp_regression_summary"),
+            subcategory="Tables",
+            labels=report_labels("table", "cp_regression_summary"),
+        ),
     params:
         cfg=CONFIG_HASH,
         methods=METHODS_PROVENANCE,
@@ -185,7 +197,13 @@ rule batch_correction_table:
     input:
         "results/batch_correction_recall.tsv",
     output:
-        "results/batch_correction.tsv",
+        report(
+            "results/batch_correction.tsv",
+            caption="../report/batch_correction.rst",
+            category=report_category("batch_correction"),
+            subcategory="Tables",
+            labels=report_labels("table", "batch_correction"),
+        ),
     params:
         method=BC["method"],
         corrections=" ".join(f"'{c}'" for c in BC["corrections"]),

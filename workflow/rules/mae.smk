@@ -26,7 +26,13 @@ rule training_cost:
     input:
         [f"results/{d}/models/{m}/train_log.tsv" for d in DATASETS for m in MAE_TRAINED],
     output:
-        "results/training_cost.tsv",
+        report(
+            "results/training_cost.tsv",
+            caption="../report/training_cost.rst",
+            category=report_category("training_cost"),
+            subcategory="Tables",
+            labels=report_labels("table", "training_cost"),
+        ),
     params:
         logs=" ".join(shlex.quote(f"{d}:{m}:{METHODS[m].method.family}=results/{d}/models/{m}/train_log.tsv")
                       for d in DATASETS for m in MAE_TRAINED),
@@ -48,7 +54,13 @@ rule mae_reconstructions:
         crops=lambda w: f"results/{w.dataset}/crops/{METHODS[w.method].method.crop_kind}/index.parquet",
         split=lambda w: f"results/{w.dataset}/splits/{METHODS[w.method].method.split}.tsv",
     output:
-        "results/figures/reconstructions_{dataset}_{method}.png",
+        report(
+            "results/figures/reconstructions_{dataset}_{method}.png",
+            caption="../report/mae_reconstructions.rst",
+            category=report_category("reconstructions"),
+            subcategory="Figures",
+            labels=lambda w: report_labels("figure", f"reconstructions_{w.dataset}_{w.method}", "reconstructions"),
+        ),
     wildcard_constraints:
         method="|".join(re.escape(m) for m in MAE_RECON) or "^$",
     log:
@@ -65,7 +77,13 @@ rule mae_loss_curves:
     input:
         [f"results/{d}/models/{m}/train_log.tsv" for d in DATASETS for m in MAE_CURVES],
     output:
-        "results/figures/mae_loss_curves.png",
+        report(
+            "results/figures/mae_loss_curves.png",
+            caption="../report/mae_loss_curves.rst",
+            category=report_category("mae_loss_curves"),
+            subcategory="Figures",
+            labels=report_labels("figure", "mae_loss_curves"),
+        ),
     params:
         logs=" ".join(shlex.quote(f"{m}" + (f" ({d})" if len(DATASETS) > 1 else "")
                                   + f"=results/{d}/models/{m}/train_log.tsv") for d in DATASETS for m in MAE_CURVES),
@@ -83,7 +101,13 @@ rule recall_vs_training_flops:
         known="results/known_relationships.tsv",
         cost="results/training_cost.tsv",
     output:
-        "results/figures/recall_vs_training_flops.png",
+        report(
+            "results/figures/recall_vs_training_flops.png",
+            caption="../report/recall_vs_training_flops.rst",
+            category=report_category("recall_vs_training_flops"),
+            subcategory="Figures",
+            labels=report_labels("figure", "recall_vs_training_flops"),
+        ),
     log:
         "logs/figures/recall_vs_training_flops.log",
     conda:
@@ -98,7 +122,13 @@ rule cp_r2_mae_vs_wsl:
     input:
         "results/cp_regression_summary.tsv",
     output:
-        "results/figures/cp_r2_mae_vs_wsl.png",
+        report(
+            "results/figures/cp_r2_mae_vs_wsl.png",
+            caption="../report/cp_r2_mae_vs_wsl.rst",
+            category=report_category("cp_r2_mae_vs_wsl"),
+            subcategory="Figures",
+            labels=report_labels("figure", "cp_r2_mae_vs_wsl"),
+        ),
     params:
         methods=" ".join(shlex.quote(m) for m in MAE_R2),
     log:

@@ -105,7 +105,13 @@ rule example_sites:
         wells="results/{dataset}/wells.parquet",
         perts="results/{dataset}/truth/perturbations.parquet",
     output:
-        "results/figures/example_sites_{dataset}.png",
+        report(
+            "results/figures/example_sites_{dataset}.png",
+            caption="../report/example_sites.rst",
+            category=report_category("example_sites"),
+            subcategory="Figures",
+            labels=lambda w: report_labels("figure", f"example_sites_{w.dataset}", "example_sites"),
+        ),
     wildcard_constraints:
         dataset=SIM_DATASET_RE,
     log:

@@ -168,7 +168,13 @@ rule teams_gather:
     input:
         lambda w: teams_parts(w.table),
     output:
-        "results/{table}.tsv",
+        report(
+            "results/{table}.tsv",
+            caption="../report/teams_gather.rst",
+            category=lambda w: report_category(w.table),
+            subcategory="Tables",
+            labels=lambda w: report_labels("table", w.table),
+        ),
     wildcard_constraints:
         table="moa_triplets|teams_expert_modes|teams_heldout_groups",
     params:
@@ -192,7 +198,13 @@ rule teams_table:
     input:
         lambda w: f"results/{TEAMS_TABLE_SOURCE[w.table]}.tsv",
     output:
-        "results/{table}.tsv",
+        report(
+            "results/{table}.tsv",
+            caption="../report/teams_table.rst",
+            category=lambda w: report_category(w.table),
+            subcategory="Tables",
+            labels=lambda w: report_labels("table", w.table),
+        ),
     wildcard_constraints:
         table="|".join(TEAMS_TABLE_SOURCE),
     params:
@@ -213,7 +225,13 @@ rule teams_figure:
     input:
         "results/{table}.tsv",
     output:
-        "results/figures/{table}.png",
+        report(
+            "results/figures/{table}.png",
+            caption="../report/teams_figure.rst",
+            category=lambda w: report_category(w.table),
+            subcategory="Figures",
+            labels=lambda w: report_labels("figure", w.table),
+        ),
     wildcard_constraints:
         table="|".join(TEAMS_TABLE_SOURCE),
     params:
@@ -233,7 +251,13 @@ rule teams_umap:
         wells="results/{dataset}/wells.parquet",
         split=f"results/{{dataset}}/splits/{TEAMS_SPLIT}.tsv",
     output:
-        "results/figures/teams_umap/{dataset}/{method}.png",
+        report(
+            "results/figures/teams_umap/{dataset}/{method}.png",
+            caption="../report/teams_umap.rst",
+            category=report_category("teams_umap"),
+            subcategory="Figures",
+            labels=lambda w: report_labels("figure", f"teams_umap/{w.dataset}/{w.method}", "teams_umap"),
+        ),
     params:
         n=TEAMS["umap"]["max_cells"],
         seed=TEAMS["umap"]["seed"],
