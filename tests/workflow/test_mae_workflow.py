@@ -18,25 +18,29 @@ pytestmark = pytest.mark.workflow
 TINY_VIT = {"embed_dim": 32, "depth": 1, "num_heads": 2, "decoder_dim": 16, "decoder_heads": 2, "patch_size": 16,
             "epochs": 2, "steps_per_epoch": 2, "batch_size": 4, "val_batches": 1}
 METHODS = [
-    "random", "cellprofiler",
+    "random",
     {"name": "mae_vit_s16+", "params": TINY_VIT},
-    {"name": "mae_vit_s16", "params": TINY_VIT},
     {"name": "ca_mae_s16", "params": TINY_VIT},
-    {"name": "mu_net_m", "params": {"widths": [4, 8, 16], "epochs": 2, "steps_per_epoch": 2, "batch_size": 4,
-                                    "val_batches": 1}},
     {"name": "wsl_densenet161_adabn", "params": {"growth_rate": 4, "block_config": [1, 1], "neck_hidden": 16,
                                                  "ghost_batch": 2, "epochs": 2, "steps_per_epoch": 2,
                                                  "batch_size": 4, "val_batches": 1}},
 ]
+# MU-Net and the plain MAE-ViT train and embed in tests/test_mae_training.py; here the family's
+# rules, tables and figures (one correction keeps the run short)
+TARGETS = ["results/training_cost.tsv", "results/known_relationships.tsv", "results/jump_retrieval.tsv",
+           "results/cp_regression.tsv",
+           *[f"results/figures/{f}.png" for f in ("mae_loss_curves", "recall_vs_training_flops", "cp_r2_mae_vs_wsl",
+                                                  "reconstructions_simulated_mae_vit_s16+",
+                                                  "reconstructions_simulated_ca_mae_s16")]]
 
 
 def test_mae_family_runs_end_to_end(tmp_path, resources_dir):
-    cfg = {**tiny_config(resources_dir), "methods": METHODS}
-    res = snakemake(tmp_path, "--cores", "2", configfile=write_config(tmp_path / "mae.yaml", cfg))
+    cfg = {**tiny_config(resources_dir), "methods": METHODS, "corrections": ["none"]}
+    res = snakemake(tmp_path, "--cores", "2", *TARGETS, configfile=write_config(tmp_path / "mae.yaml", cfg))
     assert res.returncode == 0, res.stderr[-5000:]
     out = tmp_path / "results"
     names = [m if isinstance(m, str) else m["name"] for m in METHODS]
-    trained = names[2:]
+    trained = names[1:]
     known = pd.read_csv(out / "known_relationships.tsv", sep="\t")
     retr = pd.read_csv(out / "jump_retrieval.tsv", sep="\t")
     cpr = pd.read_csv(out / "cp_regression.tsv", sep="\t")
@@ -49,10 +53,8 @@ def test_mae_family_runs_end_to_end(tmp_path, resources_dir):
     cost = pd.read_csv(out / "training_cost.tsv", sep="\t")
     assert sorted(cost["method"]) == sorted(trained) and (cost["train_flops"] > 0).all()
     assert (out / "training_cost.tsv.provenance.json").exists()
-    figs = out / "figures"
-    for f in ["mae_loss_curves", "recall_vs_training_flops", "cp_r2_mae_vs_wsl",
-              *[f"reconstructions_simulated_{m}" for m in ("mae_vit_s16+", "mae_vit_s16", "ca_mae_s16", "mu_net_m")]]:
-        assert (figs / f"{f}.png").stat().st_size > 3000, f
+    for f in TARGETS[4:]:
+        assert (tmp_path / f).stat().st_size > 3000, f
     splits = out / "simulated" / "splits"
     assert (splits / "holdout_batches.tsv").exists() and (splits / "replicate_holdout.tsv").exists()
 
