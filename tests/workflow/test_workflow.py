@@ -242,6 +242,7 @@ def test_tiny_config_runs_end_to_end(tmp_path, resources_dir):
     # every rule wrote a log; no temporary files left behind
     assert any((tmp_path / "logs").rglob("*.log"))
     assert not [p for p in tmp_path.rglob("*.tmp")]
+    check_report(tmp_path, cfg)
     # re-running is a no-op
     again = snakemake(tmp_path, "--cores", "1", "-n", configfile=cfg, plugin=True)
     assert again.returncode == 0
@@ -359,3 +360,34 @@ def test_campfire_runs_end_to_end_on_the_tiny_screen(tmp_path, resources_dir):
     for fig in ("campfire_probes", "campfire_channel_sets", "zprime"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 5_000
     assert (out / "zprime.tsv.provenance.json").exists() and (out / "campfire_probes.tsv.provenance.json").exists()
+
+
+# figures and tables of several report categories, and their caption texts (workflow/report/*.rst)
+REPORT_FILES = [f"{f}.png" for f in ("recall_curves", "recall_by_method", "retrieval", "cp_regression_r2",
+                                      "batch_correction", "example_sites_simulated")] + \
+               [f"{t}.tsv" for t in ("known_relationships", "recall_curve", "stringdb_gene_sets", "jump_retrieval",
+                                     "cp_regression", "cp_regression_summary", "batch_correction", "moa_triplets")]
+REPORT_CAPTIONS = ["Recall curves of known relationships", "Known-relationship recall by method", "Retrieval mAP",
+                   "CellProfiler-feature regression, per category", "Batch corrections",
+                   "Example sites of dataset simulated", "StringDB recall within gene sets", "MAE-CVPR Table 4",
+                   "morphobench: Cell Painting screens from raw images"]
+
+
+def check_report(workdir: Path, cfg: Path) -> None:
+    """`snakemake --report` after a finished run embeds every figure and results table with its
+    caption (a Jinja or reStructuredText error in a caption stops --report)."""
+    import re
+
+    report = workdir / "results" / "report.html"
+    res = snakemake(workdir, "--report", str(report), configfile=cfg, plugin=True)
+    assert res.returncode == 0, res.stderr[-5000:]
+    html = report.read_text()
+    assert len(html) > 200_000  # the PNGs and tables are embedded
+    for name in REPORT_FILES:
+        assert name in html, name
+    for text in REPORT_CAPTIONS:
+        assert text in html, text
+    for category in ("Known relationships", "Retrieval", "CellProfiler regression", "Batch correction",
+                     "Simulated screen", "TEAMs"):
+        assert category in html, category
+    assert not re.search(r"Error loading caption", res.stdout + res.stderr)
