@@ -3,6 +3,8 @@ on the real Snakefile."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from test_workflow import REPO, snakemake

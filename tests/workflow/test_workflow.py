@@ -110,9 +110,9 @@ def test_a_new_method_needs_one_registry_entry(tmp_path, resources_dir):
                    "results/simulated/embeddings/tiny_ae/plates/SIMB1P1.parquet",
                    "results/simulated/embeddings/tiny_ae/cell.parquet",
                    "results/simulated/profiles/tiny_ae/well.parquet",
-                   "results/simulated/eval/tiny_ae/tvn/known_relationships.tsv",
-                   "results/simulated/eval/tiny_ae/tvn/jump_retrieval.tsv",
-                   "results/simulated/eval/tiny_ae/tvn/cp_regression.tsv"):
+                   "results/simulated/eval/tiny_ae/tvn+arm/known_relationships.tsv",
+                   "results/simulated/eval/tiny_ae/tvn+arm/jump_retrieval.tsv",
+                   "results/simulated/eval/tiny_ae/tvn+arm/cp_regression.tsv"):
         assert needle in out, needle
     # without the plugin the name is unknown, and the error says which entry
     bad = snakemake(tmp_path, "-n", configfile=path)
