@@ -2,9 +2,14 @@
 #   snakemake --cores all                       everything for config/config.yaml
 #   snakemake results/jump_retrieval.tsv        one table
 #   snakemake --profile profiles/slurm          on a SLURM cluster
+#   snakemake --report results/report.html      after a run: every figure and table with captions
 from snakemake.utils import min_version
 
 min_version("9.0")
+
+
+# The report's front page; each reported figure and table has its caption in workflow/report/.
+report: "workflow/report/workflow.rst"
 
 
 # config/config.yaml is the default; `--configfile X.yaml` replaces it (instead of being merged

@@ -3,6 +3,8 @@
     python benchmarks/train_throughput.py                       # every trainable method, CPU
     python benchmarks/train_throughput.py --device cuda         # + bf16 (eager and torch.compile), MFU
     python benchmarks/train_throughput.py --methods teams mae_vit_s16+ --batch 32 --steps 10
+    python benchmarks/train_throughput.py --device cuda --config config/paper/mae_rxrx3.yaml \
+        --methods mae_vit_b16 mae_vit_b8          # the methods as that config sets them (paper sizes)
 
 For each method: images/s and peak memory of a training step (forward + backward + optimizer
 step, the method's own loss and optimizer settings) and of inference (``model.embed``), on the
@@ -11,7 +13,9 @@ FLOPs per image come from ``torch.utils.flop_counter`` (forward + backward for t
 the model FLOPs utilization is achieved FLOP/s / the device's peak bf16 dense FLOP/s (``--peak-tflops``,
 default: H100/H200 989). When the model names a plain timm reference (``reference_timm``
 attribute, e.g. the ViT an MAE encoder is built from), the same step of that reference is timed in
-the same run and the ratio printed (ours / reference images/s).
+the same run and the ratio printed (ours / reference images/s). ``--config FILE`` takes each
+method's ``params`` from that config's ``methods:`` list (e.g. the paper-scale ViT-B/16 and ViT-B/8
+of ``config/paper/mae_rxrx3.yaml``) instead of the registry's CPU-sized defaults.
 
 Each measurement runs in a fresh subprocess, so the peak resident memory (CPU) and peak CUDA
 allocation are the step's own.
@@ -41,8 +45,21 @@ def _batch(model_in: dict, b: int, device):
             "index": torch.arange(b, device=device)}
 
 
+def config_params(path: str | None) -> dict[str, dict]:
+    """``{method: params}`` of a config file's ``methods:`` entries (registered methods only)."""
+    if not path:
+        return {}
+    import yaml
+
+    out = {}
+    for e in yaml.safe_load(open(path)).get("methods", []):
+        if isinstance(e, dict) and "kind" not in e:
+            out[e["name"]] = dict(e.get("params") or {})
+    return out
+
+
 def measure(method: str, mode: str, device: str, precision: str, compile_: bool, batch: int, steps: int,
-            threads: int, reference: bool) -> dict:
+            threads: int, reference: bool, params: dict | None = None) -> dict:
     """One measurement (run inside a subprocess)."""
     import resource
 
@@ -55,7 +72,7 @@ def measure(method: str, mode: str, device: str, precision: str, compile_: bool,
 
     torch.set_num_threads(threads)
     m = methods.get(method)
-    cfg, kw = split_params(m.params())
+    cfg, kw = split_params(m.params(params or {}))
     size = cfg.crop_size or INPUT_SIZE[m.crop_kind]
     channels = len(cfg.channels) or 5
     info = {"channels": channels, "size": size, "num_classes": 64, "num_groups": 4}
@@ -138,6 +155,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="device peak bf16 dense TFLOP/s (MFU)")
+    ap.add_argument("--config", help="take each method's params from this config's methods: list")
+    ap.add_argument("--params", default="{}", help=argparse.SUPPRESS)
     ap.add_argument("--_one", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--method")
     ap.add_argument("--mode")
@@ -147,11 +166,12 @@ def main() -> int:
     a = ap.parse_args()
     if a._one:
         print(json.dumps(measure(a.method, a.mode, a.device, a.precision, a.compile, a.batch, a.steps,
-                                 a.threads, a.reference)))
+                                 a.threads, a.reference, json.loads(a.params))))
         return 0
     from morphobench import methods
 
-    names = a.methods or [n for n, m in methods.REGISTRY.items() if m.trains]
+    from_config = config_params(a.config)
+    names = a.methods or (list(from_config) if a.config else [n for n, m in methods.REGISTRY.items() if m.trains])
     if not names:
         print("no trainable methods registered")
         return 0
@@ -162,7 +182,8 @@ def main() -> int:
         for mode in ("train", "infer"):
             for prec, comp in variants:
                 common = ["--method", name, "--mode", mode, "--device", a.device, "--precision", prec,
-                          "--batch", str(a.batch), "--steps", str(a.steps), "--threads", str(a.threads)]
+                          "--batch", str(a.batch), "--steps", str(a.steps), "--threads", str(a.threads),
+                          "--params", json.dumps(from_config.get(name, {}))]
                 if comp:
                     common.append("--compile")
                 r = run_sub(common)

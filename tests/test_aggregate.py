@@ -66,6 +66,16 @@ def test_perturbation_spherical_mean():
     np.testing.assert_allclose(_x(mean)[0], a.mean(0))
 
 
+def test_spherical_mean_without_a_direction_names_the_group():
+    from morphobench.data.aggregate import aggregate
+
+    df = pd.DataFrame({"Metadata_Perturbation": ["a", "a", "b", "c"], "f": [1.0, -1.0, 2.0, 0.0]})
+    with pytest.raises(MorphobenchError, match=r"all-zero.*'c'"):
+        aggregate(df, ["Metadata_Perturbation"], "spherical_mean")
+    with pytest.raises(MorphobenchError, match=r"cancel exactly.*'a'"):
+        aggregate(df.iloc[:3], ["Metadata_Perturbation"], "spherical_mean")
+
+
 def test_center_on_controls_and_dtype():
     wells = aggregate_wells(cells(seed=2, float32=True))
     assert all(wells[f"f{i}"].dtype == np.float32 for i in range(5))

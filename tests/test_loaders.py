@@ -571,6 +571,24 @@ def test_bbbc022(tmp_path):
         L.bbbc022_sheet({"csv": str(csv)})
 
 
+def test_bbbc022_moa_table(tmp_path):
+    """User-supplied MoA table → Metadata_MoA (Drug Repurposing Hub ids: BRD cores match)."""
+    root = tmp_path / "BBBC022"
+    csv = _bbbc022_tree(root, plates=("20585",))
+    moa = tmp_path / "repurposing_samples.txt"
+    pd.DataFrame({"broad_id": ["BRD-K1", "BRD-K12345678-001-01-1"],
+                  "moa": ["PKC inhibitor|CDK inhibitor", "x"]}).to_csv(moa, sep="\t", index=False)
+    res = L.bbbc022_sheet({"csv": str(csv), "image_root": str(root),
+                           "moa_table": {"path": str(moa), "key": "broad_id", "moa": "moa"}})
+    wi = res.wells.set_index("Metadata_Well")
+    assert wi.loc["B02", "Metadata_MoA"] == "CDK inhibitor|PKC inhibitor"
+    assert pd.isna(wi.loc["C03", "Metadata_MoA"]) and pd.isna(wi.loc["A01", "Metadata_MoA"])
+    assert res.report["moa_missing"]["examples"] == ["BRD-K2"]
+    with pytest.raises(MorphobenchError, match=r"repurposing_samples\.txt: missing column\(s\) \['MOA'\]"):
+        L.bbbc022_sheet({"csv": str(csv), "image_root": str(root),
+                         "moa_table": {"path": str(moa), "key": "broad_id", "moa": "MOA"}})
+
+
 def test_bbbc022_missing_column(tmp_path):
     root = tmp_path / "BBBC022"
     csv = _bbbc022_tree(root, plates=("20585",), wells=("A01",), sites=(1,))
@@ -630,7 +648,8 @@ def test_cli(tmp_path):
                  "--out-sheet", str(tmp_path / "x.parquet")]) == 1
 
 
-@pytest.mark.parametrize("name", ["jump_cpjump1", "jump_cpg0016_source3", "rxrx3", "bbbc022"])
+@pytest.mark.parametrize("name", ["jump_cpjump1", "jump_cpg0016_source3", "rxrx3", "bbbc022",
+                                  "bbbc036", "bbbc037"])
 def test_example_configs_use_known_keys(repo_root, name):
     import yaml
 
@@ -641,13 +660,15 @@ def test_example_configs_use_known_keys(repo_root, name):
         assert set(ds) <= set(keys), set(ds) - set(keys)
         if ds.get("plate_map"):
             assert set(ds["plate_map"]) <= set(L.PLATE_MAP_KEYS)
+        if ds.get("moa_table"):
+            assert set(ds["moa_table"]) <= set(L.MOA_TABLE_KEYS)
         if isinstance(ds.get("channels"), dict):
             assert all(isinstance(k, str) for k in ds["channels"])
 
 
 def test_dispatch_table():
     """One module per loader, one {name: (function, keys)} table; every loader takes the common keys."""
-    assert set(L.LOADERS) == {"load_data", "cpjump1", "pattern", "bbbc022"}
+    assert set(L.LOADERS) == {"load_data", "cpjump1", "pattern", "bbbc022", "bbbc036", "bbbc037"}
     for name, (fn, keys) in L.LOADERS.items():
         assert callable(fn) and fn.__module__ == f"morphobench.data.loaders.{name}"
         assert set(L.COMMON_KEYS) <= set(keys) and L.LOADER_KEYS[name] is keys

@@ -3,6 +3,8 @@ and the timm bring-your-own network."""
 
 from __future__ import annotations
 
+import logging
+
 import json
 import os
 import subprocess
@@ -53,14 +55,38 @@ def test_schema_method_enum_comes_from_the_registry_only():
 
 
 def test_all_stands_for_every_registered_method():
+    """`all` = every registered method that needs no user file (those are left out, said so)."""
+    runnable = [n for n, m in methods.REGISTRY.items() if not m.needs]
     names = [c.name for c in methods.resolve(["all"])]
-    assert names == list(methods.REGISTRY)
+    assert names == runnable
     mixed = methods.resolve([{"name": "random", "params": {"dim": 8}}, "all",
                              {"name": "mine", "kind": "embeddings", "path": "p"}])
-    assert [c.name for c in mixed] == ["random", *[n for n in methods.REGISTRY if n != "random"], "mine"]
+    assert [c.name for c in mixed] == ["random", *[n for n in runnable if n != "random"], "mine"]
     assert mixed[0].overrides == {"dim": 8}
     cfg = yaml.safe_load((REPO / "config" / "all_methods.yaml").read_text())
     assert "all" in cfg["methods"]
+
+
+def test_a_method_that_needs_a_file(tmp_path, caplog):
+    """transfer_effnet needs ImageNet weights: `all` leaves it out (saying so); listed without
+    them it is an error naming the parameter; a missing file is an error before the run."""
+    assert methods.REGISTRY["transfer_effnet"].needs
+    with caplog.at_level(logging.WARNING, logger="morphobench.methods"):
+        names = [c.name for c in methods.resolve(["all"])]
+    assert "transfer_effnet" not in names
+    assert "leaves out transfer_effnet: params.weights" in caplog.text
+    with pytest.raises(MorphobenchError, match=r"transfer_effnet.*params.weights"):
+        methods.resolve(["transfer_effnet"])
+    c = methods.resolve([{"name": "transfer_effnet", "params": {"weights": "w/effnet.pth"}}])
+    assert methods.needed_files(c[0]) == {"weights": "w/effnet.pth"}
+    with pytest.raises(MorphobenchError, match="file not found"):
+        methods.check_files(c, ["simulated"], base=tmp_path)
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "effnet.pth").write_bytes(b"x")
+    methods.check_files(c, ["simulated"], base=tmp_path)
+    # all + the method listed with its file: it runs, in registry order
+    both = methods.resolve(["all", {"name": "transfer_effnet", "params": {"weights": "w/effnet.pth"}}])
+    assert "transfer_effnet" in [x.name for x in both]
 
 
 def test_resolve_names_params_and_user_entries(tmp_path):
@@ -153,7 +179,8 @@ def test_cli_lists_methods():
     res = subprocess.run([sys.executable, "-m", "morphobench", "methods", "--tsv"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     table = pd.read_csv(__import__("io").StringIO(res.stdout), sep="\t")
-    assert list(table["name"]) == list(methods.REGISTRY)
+    # the registry of this process may also hold the test plugin's tiny_ae (registered by other tests)
+    assert list(table["name"]) == [n for n in methods.REGISTRY if n != "tiny_ae"]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -274,3 +274,20 @@ def test_float32_maps_match_efaar(efaar, corum):
 def test_large_map_exact(efaar, corum, reactome):
     genes, x = _structured(corum, 3500, 32, seed=8)  # N = 6.1M null values: pilot path
     _compare(efaar, genes, x, {"CORUM": corum, "Reactome": reactome})
+
+
+def test_normalized_equals_sklearn_normalize_bit_for_bit():
+    from sklearn.preprocessing import normalize
+
+    from morphobench.evaluate.recall import _normalized
+
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        x = rng.normal(size=(50, 17)).astype(dtype)
+        x[3] = 0.0
+        x[7] = 1e-30
+        got = _normalized(x)
+        assert got.dtype == dtype and not np.shares_memory(got, x)
+        np.testing.assert_array_equal(got, normalize(x, copy=True))
+    ints = rng.integers(-5, 5, size=(6, 4))
+    np.testing.assert_array_equal(_normalized(ints), normalize(ints.astype(np.float64)))

@@ -401,3 +401,68 @@ def test_genes_per_complex_and_unexpressed_per_arm_from_config(tables):
     assert len(unexp) == 8 and unexp.groupby("Metadata_Arm").size().eq(4).all()
     with pytest.raises(MorphobenchError, match="genes_per_complex must be ≥ 2"):
         resolve_params({"genes_per_complex": 1})
+
+
+# ------------------------------------------------------------------------------ MoA classes (TEAMs triplets)
+def _moa_sets(pert: pd.DataFrame) -> dict[str, set[str]]:
+    from morphobench.simulate.design import MOA_SEP
+
+    trt = pert[pert["Metadata_PertType"].eq("trt") & pert["Metadata_MoA"].notna()]
+    return {p: set(m.split(MOA_SEP)) for p, m in zip(trt["Metadata_Perturbation"], trt["Metadata_MoA"], strict=True)}
+
+
+def test_default_design_moa_classes(default_design):
+    """≥ 40 MoA-annotated treatments, ≥ 3 per class; genes carry their complex, compounds their
+    inhibitor class and the complex it acts on; controls and non-complex genes carry none."""
+    pert = default_design.perturbations
+    sets = _moa_sets(pert)
+    assert len(sets) >= 40
+    members: dict[str, int] = {}
+    for s in sets.values():
+        for m in s:
+            members[m] = members.get(m, 0) + 1
+    assert min(members.values()) >= 3, members
+    p = pert.set_index("Metadata_Perturbation")
+    for pid, s in sets.items():
+        if p.loc[pid, "Metadata_Modality"] == "crispr":
+            assert s == {p.loc[pid, "Metadata_Complex"]}
+        else:
+            assert len(s) == 2 and p.loc[pid, "Metadata_Complex"] in s
+            assert any(m.endswith("inhibitor") for m in s)
+    no_moa = pert[~pert["Metadata_Perturbation"].isin(list(sets))]
+    assert (no_moa["Metadata_Complex"].isna() | no_moa["Metadata_PertType"].ne("trt")).all()
+    assert no_moa["Metadata_PertType"].isin(["negcon", "poscon"]).sum() == 3
+    # the plate map carries the same labels
+    wells = default_design.wells
+    w = wells.drop_duplicates("Metadata_Perturbation").set_index("Metadata_Perturbation")["Metadata_MoA"]
+    assert all(w[pid] == p.loc[pid, "Metadata_MoA"] for pid in sets)
+    # same-MoA compound pairs are still grouped by their inhibitor class
+    rel = default_design.relationships
+    moa_groups = set(rel.loc[rel["relation"].eq("same_moa"), "group"])
+    assert moa_groups and all(g.endswith("inhibitor") or "(class" in g for g in moa_groups)
+
+
+def test_moa_classes_share_phenotype_directions(default_design):
+    """Treatments sharing an MoA have more similar biological phenotypes than those sharing none
+    (what the MoA triplets can detect)."""
+    ph = default_design.phenotypes
+    bio = ph[ph["Metadata_Component"].eq("biological")].set_index("Metadata_Perturbation")[list(AXES)]
+    sets = _moa_sets(default_design.perturbations)
+    names = sorted(sets)
+    x = bio.loc[names].to_numpy()
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    cos = x @ x.T
+    same = np.array([[bool(sets[a] & sets[b]) for b in names] for a in names])
+    off = ~np.eye(len(names), dtype=bool)
+    assert cos[same & off].mean() > 0.5 > cos[~same].mean() + 0.3
+
+
+def test_three_batches_preset(tables):
+    p = resolve_params({"preset": "three_batches"})
+    assert p.n_batches == 3 and p.layout == "spread" and p.replicates >= MIN_REPLICATES
+    d = make_design(p, *tables)
+    wells = d.wells
+    assert wells["Metadata_Batch"].nunique() == 3
+    trt = wells[wells["Metadata_PertType"].eq("trt")]
+    # every treatment is in every batch
+    assert (trt.groupby("Metadata_Perturbation")["Metadata_Batch"].nunique() == 3).all()

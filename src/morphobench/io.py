@@ -164,6 +164,9 @@ def setup_logging(logfile: str | os.PathLike | None = None, level: int = logging
         handlers.append(logging.FileHandler(logfile, mode="w"))
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         handlers=handlers, force=True)
+    if os.environ.get("SLURM_JOB_ID"):  # on a cluster, say which job wrote this log
+        log.info("SLURM_JOB_ID=%s on %s (partition %s)", os.environ["SLURM_JOB_ID"],
+                 os.environ.get("SLURMD_NODENAME", "?"), os.environ.get("SLURM_JOB_PARTITION", "?"))
 
 
 def progress(iterable, **kw):

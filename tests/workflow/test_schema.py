@@ -41,8 +41,13 @@ def test_dataset_schema_lists_every_loader_key():
 
 
 @pytest.mark.parametrize("name", ["config.yaml", "jump_cpjump1.yaml", "jump_cpg0016_source3.yaml",
-                                  "rxrx3.yaml", "bbbc022.yaml"])
+                                  "rxrx3.yaml", "bbbc022.yaml", "bbbc036.yaml", "bbbc037.yaml",
+                                  "all_methods.yaml", "paper/teams_bbbc.yaml",
+                                  "teams_simulated.yaml"])
 def test_shipped_configs_validate(name):
     cfg = yaml.safe_load((REPO / "config" / name).read_text())
-    validate(cfg, str(SCHEMA), set_default=True)
+    from morphobench import methods
+
+    validate(cfg, methods.config_schema(SCHEMA), set_default=True)
     assert cfg["images"]["backend"] == "inprocess"  # defaults filled in
+    methods.resolve(cfg["methods"])  # every method entry resolves (names, parameters, needed files named)

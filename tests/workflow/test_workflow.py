@@ -57,8 +57,10 @@ def tiny_config(resources_dir: Path) -> dict:
         "corrections": ["none", "tvn"],
         # the batch-correction table's 18 default rows are checked on the default screen and in
         # test_eval_stages; here four of them (given out of order: the table keeps the paper's)
+        # Campfire's probes (cell112 crops) and Z′ have their own test (test_campfire_runs_end_to_end…)
         "evaluate": {"retrieval": {"null_size": 2000},
-                     "batch_correction": {"corrections": ["tvn+arm", "tvn", "none+arm", "none"]}},
+                     "batch_correction": {"corrections": ["tvn+arm", "tvn", "none+arm", "none"]},
+                     "campfire_probes": {"datasets": []}, "zprime": {"datasets": []}},
     }
 
 
@@ -108,9 +110,9 @@ def test_a_new_method_needs_one_registry_entry(tmp_path, resources_dir):
                    "results/simulated/embeddings/tiny_ae/plates/SIMB1P1.parquet",
                    "results/simulated/embeddings/tiny_ae/cell.parquet",
                    "results/simulated/profiles/tiny_ae/well.parquet",
-                   "results/simulated/eval/tiny_ae/tvn/known_relationships.tsv",
-                   "results/simulated/eval/tiny_ae/tvn/jump_retrieval.tsv",
-                   "results/simulated/eval/tiny_ae/tvn/cp_regression.tsv"):
+                   "results/simulated/eval/tiny_ae/tvn+arm/known_relationships.tsv",
+                   "results/simulated/eval/tiny_ae/tvn+arm/jump_retrieval.tsv",
+                   "results/simulated/eval/tiny_ae/tvn+arm/cp_regression.tsv"):
         assert needle in out, needle
     # without the plugin the name is unknown, and the error says which entry
     bad = snakemake(tmp_path, "-n", configfile=path)
@@ -137,11 +139,17 @@ def test_tiny_config_runs_end_to_end(tmp_path, resources_dir):
     mine.to_parquet(tmp_path / "data" / "my_wells.parquet")
     torch.manual_seed(0)
     torch.save(timm.create_model("resnet18", num_classes=0).state_dict(), tmp_path / "data" / "resnet18.pth")
-    methods = ["random", "pixel_stats", "cellprofiler", {"name": "tiny_ae", "params": {"epochs": 2}},
+    teams = {"name": "teams", "params": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 8, "embed_dim": 8,
+                                         "memory_size": 16, "downsample": 1, "backbone": "test_resnet"}}
+    base.update({"splits": {"treatment_folds": {"n_folds": 3}},
+                 "teams": {"triplets": {"n_boot": 100, "n_treatment_triplets": 200}, "umap": {"methods": ["teams"]}}})
+    methods = ["random", "pixel_stats", "cellprofiler", {"name": "tiny_ae", "params": {"epochs": 2}}, teams,
                {"name": "my_profiles", "kind": "embeddings", "path": "data/my_wells.parquet"},
                {"name": "my_resnet", "kind": "timm", "arch": "resnet18", "weights": "data/resnet18.pth",
-                "input": "cell128"}]
-    cfg = write_config(tmp_path / "tiny.yaml", {**base, "methods": methods})
+                "input": "cell128"},
+               {"name": "shuffled", "params": {"source": "cellprofiler"}}]
+    # one correction for every method (TVN); the batch-correction table adds none/+arm for cellprofiler
+    cfg = write_config(tmp_path / "tiny.yaml", {**base, "methods": methods, "corrections": ["tvn"]})
     res = snakemake(tmp_path, "--cores", "2", configfile=cfg, plugin=True)
     assert res.returncode == 0, res.stderr[-5000:]
     ds = tmp_path / "results" / "simulated"
@@ -159,8 +167,8 @@ def test_tiny_config_runs_end_to_end(tmp_path, resources_dir):
     assert (tmp_path / "results" / "figures" / "example_sites_simulated.png").stat().st_size > 10_000
     # every results table, with its key columns, one row per configured combination
     res = tmp_path / "results"
-    methods = ["random", "pixel_stats", "cellprofiler", "tiny_ae", "my_profiles", "my_resnet"]
-    corrections = ["none", "tvn"]
+    methods = ["random", "pixel_stats", "cellprofiler", "tiny_ae", "teams", "my_profiles", "my_resnet", "shuffled"]
+    corrections = ["tvn"]
     known = pd.read_csv(res / "known_relationships.tsv", sep="\t")
     assert list(known.columns[:8]) == ["dataset", "method", "correction", "source", "n_genes", "n_pairs",
                                        "recall_5_95", "recall_10_90"]
@@ -193,6 +201,9 @@ def test_tiny_config_runs_end_to_end(tmp_path, resources_dir):
     cells = pd.read_parquet(ds_res / "embeddings" / "tiny_ae" / "cell.parquet")
     assert cells.filter(like="emb_").shape[1] == 8 and "Metadata_ObjectNumber" in cells
     assert len(pd.read_parquet(ds_res / "embeddings" / "my_resnet" / "cell.parquet")) == len(cells)
+    cp_prof = pd.read_parquet(ds_res / "profiles" / "cellprofiler" / "well.parquet")
+    shuf = pd.read_parquet(ds_res / "profiles" / "shuffled" / "well.parquet")
+    assert len(shuf) == len(cp_prof) and not shuf.filter(like="Nuclei_").equals(cp_prof.filter(like="Nuclei_"))
     mine_prof = pd.read_parquet(ds_res / "profiles" / "my_profiles" / "well.parquet")
     assert len(mine_prof) == len(plate_map) and mine_prof["Metadata_PertType"].notna().all()
     split = pd.read_csv(ds_res / "splits" / "treatment_folds.tsv", sep="\t")
@@ -213,9 +224,25 @@ def test_tiny_config_runs_end_to_end(tmp_path, resources_dir):
     assert len(crops) > 0 and crops["Metadata_Plate"].nunique() == 2
     cp = pd.read_parquet(res / "simulated" / "profiles" / "cellprofiler" / "well.parquet")
     assert "Nuclei_AreaShape_Area" in cp.columns and cp["Metadata_PertType"].notna().all()
+    # TEAMs: MoA triplets of every cell-level method (+ the random floor, one vector per cell),
+    # expert modes of teams, the paper tables and the UMAP
+    trip = pd.read_csv(res / "moa_triplets.tsv", sep="\t")
+    assert set(trip["method"]) == {"random", "tiny_ae", "teams", "my_resnet"}
+    assert set(trip["task"]) == {"single_cell", "single_cell_other_treatment", "vs_control", "treatment"}
+    assert (trip["fold"] == 0).all() and trip["accuracy"].dropna().between(0, 1).all()
+    assert trip.loc[trip["task"] == "single_cell", "n_triplets"].gt(0).all()
+    modes = pd.read_csv(res / "teams_expert_modes.tsv", sep="\t")
+    assert set(modes["method"]) == {"teams"} and set(modes["expert_mode"]) == {"mean", "random", "oracle"}
+    t2 = pd.read_csv(res / "teams_table2.tsv", sep="\t")
+    assert {"dataset", "group", "method", "single_cell_mean", "vs_control_mean"} <= set(t2.columns)
+    assert t2.set_index("method").loc["teams", "group"] == "c"
+    for fig in ("teams_table2", "teams_table4", "teams_table6", "teams_umap/simulated/teams"):
+        assert (res / "figures" / f"{fig}.png").stat().st_size > 5_000, fig
+    assert not (res / "teams_table3.tsv").exists()  # two batches: no held-out-group table
     # every rule wrote a log; no temporary files left behind
     assert any((tmp_path / "logs").rglob("*.log"))
     assert not [p for p in tmp_path.rglob("*.tmp")]
+    check_report(tmp_path, cfg)
     # re-running is a no-op
     again = snakemake(tmp_path, "--cores", "1", "-n", configfile=cfg, plugin=True)
     assert again.returncode == 0
@@ -281,3 +308,86 @@ def test_arm_needs_the_screens_expression_table(tmp_path, resources_dir):
                     configfile=_arm_config(tmp_path, resources_dir, {"missing_expression": "skip"}))
     assert res.returncode == 0, res.stderr[-3000:]
     assert "tvn+arm" not in res.stdout + res.stderr
+def test_campfire_runs_end_to_end_on_the_tiny_screen(tmp_path, resources_dir):
+    """Campfire through the real Snakefile (tiny sizes): its split, training, per-plate embedding,
+    probe cells, channel-set embeddings, probes of every method (incl. a bring-your-own parquet), Z′
+    of every method × correction and the three figures."""
+    base = tiny_config(resources_dir)
+    base["images"]["crops"] = {"kinds": ["cell112"], "cell112": {"size": 28}}
+    cfg = write_config(tmp_path / "tiny.yaml", base)
+    first = snakemake(tmp_path, "--cores", "2", "results/simulated/wells.parquet", configfile=cfg)
+    assert first.returncode == 0, first.stderr[-3000:]
+    plate_map = pd.read_parquet(tmp_path / "results/simulated/wells.parquet")
+    mine = plate_map[["Metadata_Plate", "Metadata_Well"]].copy()
+    for j in range(4):  # a profile of several features (a 1-D one can have no spherical-mean direction)
+        mine[f"f{j}"] = np.random.default_rng(j).normal(size=len(mine))
+    (tmp_path / "data").mkdir()
+    mine.to_parquet(tmp_path / "data" / "mine.parquet")
+    tiny_cf = {"img_size": 28, "patch_size": 7, "embed_dim": 16, "depth": 1, "num_heads": 1, "decoder_dim": 8,
+               "decoder_depth": 1, "decoder_heads": 1, "epochs": 1, "steps_per_epoch": 2, "batch_size": 8,
+               "val_batches": 1}
+    cfg = write_config(tmp_path / "tiny.yaml", {
+        **base,
+        "methods": ["random", {"name": "campfire_s14", "params": tiny_cf},
+                    {"name": "mine", "kind": "embeddings", "path": "data/mine.parquet"}],
+        "splits": {"campfire": {"n_heldout_plates": 1, "n_heldout_compounds": 2, "n_train": 1, "n_val": 1,
+                                "n_test": 1, "one_well_per_plate": False}},
+        "evaluate": {**base["evaluate"],
+                     "campfire_probes": {"n_subsets": 2, "n_folds": 3, "max_epochs": 3, "patience": 2,
+                                         "channel_sets": [["DNA"], ["DNA", "ER", "RNA"]]},
+                     "zprime": {"reference": "all", "corrections": ["none", "tvn"]}},
+    })
+    targets = ["results/campfire_probes_summary.tsv", "results/zprime.tsv", "results/figures/campfire_probes.png",
+               "results/figures/campfire_channel_sets.png", "results/figures/zprime.png"]
+    res = snakemake(tmp_path, "--cores", "2", *targets, configfile=cfg)
+    assert res.returncode == 0, res.stderr[-5000:]
+    out = tmp_path / "results"
+    split = pd.read_csv(out / "simulated/splits/campfire.tsv", sep="\t")
+    assert {"train", "test_out_plate", "test_out_compound"} <= set(split["split"])
+    probes = pd.read_csv(out / "campfire_probes.tsv", sep="\t")
+    assert set(probes["method"]) == {"random", "campfire_s14", "mine"}
+    cf = probes[probes["method"] == "campfire_s14"]
+    assert set(cf["channel_set"]) == {"default", "DNA", "DNA+ER+RNA"}  # channel agnostic: re-embedded per set
+    assert set(probes.loc[probes["method"] == "random", "channel_set"]) == {"default"}
+    assert probes["accuracy"].between(0, 1).all() and set(probes["task"]) <= {"A", "B"}
+    summ = pd.read_csv(out / "campfire_probes_summary.tsv", sep="\t")
+    assert {"accuracy_mean", "accuracy_ci_low", "chance"} <= set(summ.columns)
+    z = pd.read_csv(out / "zprime.tsv", sep="\t")
+    corrections = base["corrections"]
+    assert set(z["method"]) == {"random", "campfire_s14", "mine"} and set(z["correction"]) == set(corrections)
+    n_ctrl = plate_map.loc[plate_map["Metadata_PertType"] != "trt", "Metadata_Perturbation"].nunique()
+    assert len(z) == 3 * len(corrections) * n_ctrl * (n_ctrl - 1)  # every ordered pair (reference: all)
+    for fig in ("campfire_probes", "campfire_channel_sets", "zprime"):
+        assert (out / "figures" / f"{fig}.png").stat().st_size > 5_000
+    assert (out / "zprime.tsv.provenance.json").exists() and (out / "campfire_probes.tsv.provenance.json").exists()
+
+
+# figures and tables of several report categories, and their caption texts (workflow/report/*.rst)
+REPORT_FILES = [f"{f}.png" for f in ("recall_curves", "recall_by_method", "retrieval", "cp_regression_r2",
+                                      "batch_correction", "example_sites_simulated")] + \
+               [f"{t}.tsv" for t in ("known_relationships", "recall_curve", "stringdb_gene_sets", "jump_retrieval",
+                                     "cp_regression", "cp_regression_summary", "batch_correction", "moa_triplets")]
+REPORT_CAPTIONS = ["Recall curves of known relationships", "Known-relationship recall by method", "Retrieval mAP",
+                   "CellProfiler-feature regression, per category", "Batch corrections",
+                   "Example sites of dataset simulated", "StringDB recall within gene sets", "MAE-CVPR Table 4",
+                   "morphobench: Cell Painting screens from raw images"]
+
+
+def check_report(workdir: Path, cfg: Path) -> None:
+    """`snakemake --report` after a finished run embeds every figure and results table with its
+    caption (a Jinja or reStructuredText error in a caption stops --report)."""
+    import re
+
+    report = workdir / "results" / "report.html"
+    res = snakemake(workdir, "--report", str(report), configfile=cfg, plugin=True)
+    assert res.returncode == 0, res.stderr[-5000:]
+    html = report.read_text()
+    assert len(html) > 200_000  # the PNGs and tables are embedded
+    for name in REPORT_FILES:
+        assert name in html, name
+    for text in REPORT_CAPTIONS:
+        assert text in html, text
+    for category in ("Known relationships", "Retrieval", "CellProfiler regression", "Batch correction",
+                     "Simulated screen", "TEAMs"):
+        assert category in html, category
+    assert not re.search(r"Error loading caption", res.stdout + res.stderr)

@@ -2,38 +2,9 @@
 #   embed_plate       results/{dataset}/embeddings/{method}/plates/{plate}.parquet   (per plate)
 #   gather_embeddings results/{dataset}/embeddings/{method}/{level}.parquet           (cell/tile/site)
 #   method_profiles   results/{dataset}/profiles/{method}/well.parquet              (the one aggregation)
-# Trained methods read results/{dataset}/models/{method}/model.pt (workflow/rules/train.smk);
+# Trained methods read results/{dataset}/models/{method}/model.pt (workflow/rules/train.smk), or the
+# model.pt their params name as `pretrained` (e.g. trained on another screen; `channel_map` maps channels);
 # CellProfiler's per-plate well profiles come from the cp_features rule (images.smk).
-
-
-def _method(w):
-    return configured(w.method).method
-
-
-def embed_plate_inputs(w):
-    """The files a method's per-plate embedding reads, from its registry input."""
-    m = _method(w)
-    ds = f"results/{w.dataset}"
-    d = {"wells": f"{ds}/wells.parquet", "sheet": f"{ds}/images.parquet"}
-    if m.input == "site":
-        d["illum"] = f"{ds}/illum/{w.plate}.npz"
-    elif m.crop_kind:
-        d["crops"] = f"{ds}/crops/{m.crop_kind}/plates/{w.plate}.parquet"
-        d["store"] = f"{ds}/crops/{m.crop_kind}/plates/{w.plate}.zarr"
-    if m.trains:
-        d["model"] = f"{ds}/models/{w.method}/model.pt"
-    if m.kind == "timm" and m.user["weights"] != "random":
-        d["weights"] = m.user["weights"]
-    return d
-
-
-def embed_plate_flags(w, input):
-    return " ".join(f"--{k} {input[k]}" for k in ("illum", "crops", "model") if k in input.keys())
-
-
-def embed_threads(w):
-    m = _method(w)
-    return 2 if (m.trains or m.kind == "timm") else 1
 
 
 rule embed_plate:
@@ -62,14 +33,6 @@ rule embed_plate:
         "--threads {threads} --out {output} 2> {log}"
 
 
-def method_parts(w):
-    """Per-plate parts of a method (registry template), or a user's own embeddings file."""
-    m = _method(w)
-    if m.kind == "embeddings":
-        return [m.user["path"].format(dataset=w.dataset)]
-    return [m.parts_path(w.dataset, p) for p in plates(w.dataset)]
-
-
 rule gather_embeddings:
     """A method's per-plate rows → one dataset-level file at its level (cell, tile or site)."""
     input:
@@ -86,13 +49,6 @@ rule gather_embeddings:
         mem_mb=8000,
     shell:
         "python -m morphobench.embed gather --parts {input} --out {output} 2> {log}"
-
-
-def profile_parts(w):
-    m = _method(w)
-    if m.level == "well":
-        return method_parts(w)
-    return [f"results/{w.dataset}/embeddings/{w.method}/{m.level}.parquet"]
 
 
 rule method_profiles:

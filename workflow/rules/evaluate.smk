@@ -3,21 +3,6 @@
 EVAL = "results/{dataset}/eval/{method}/{correction}"
 
 
-def eval_key(w):
-    return as_json({"dataset": w.dataset, "method": w.method, "correction": w.correction})
-
-
-def eval_combos(methods=None, corrections=None, datasets=None):
-    """(dataset, method, correction) triples configured for the evaluations (+arm corrections of
-    datasets without an expression table left out when correct.missing_expression is skip)."""
-    return [(d, m, c) for d in (datasets or DATASETS) for m in (methods or EVAL_LISTS["all"])
-            for c in (corrections or config["corrections"]) if not (c.endswith("+arm") and arm_skipped(d))]
-
-
-def eval_parts(table, combos):
-    return [f"results/{d}/eval/{m}/{c}/{table}.tsv" for d, m, c in combos]
-
-
 KR = config["evaluate"]["known_relationships"]
 RT = config["evaluate"]["retrieval"]
 CPR = config["evaluate"]["cp_regression"]
@@ -157,19 +142,18 @@ GATHER = {
 }
 
 
-def arm_skips():
-    """+arm rows recorded as skipped in the batch-correction table (correct.missing_expression: skip)."""
-    return {d: {c: f"no expression table for the cell line of {d} (correct.expression.{d})"
-                for c in BC["corrections"] if c.endswith("+arm")}
-            for d in DATASETS if arm_skipped(d)}
-
-
 rule gather_table:
     """Concatenate the per dataset × method × correction tables into results/{table}.tsv."""
     input:
         lambda w: GATHER[w.table],
     output:
-        "results/{table}.tsv",
+        report(
+            "results/{table}.tsv",
+            caption="../report/gather_table.rst",
+            category=lambda w: report_category(w.table),
+            subcategory="Tables",
+            labels=lambda w: report_labels("table", w.table),
+        ),
     wildcard_constraints:
         table="|".join(GATHER),
     params:
@@ -188,7 +172,13 @@ rule cp_regression_summary:
     input:
         "results/cp_regression.tsv",
     output:
-        "results/cp_regression_summary.tsv",
+        report(
+            "results/cp_regression_summary.tsv",
+            caption="../report/cp_regression_summary.rst",
+            category=report_category("cp_regression_summary"),
+            subcategory="Tables",
+            labels=report_labels("table", "cp_regression_summary"),
+        ),
     params:
         cfg=CONFIG_HASH,
         methods=METHODS_PROVENANCE,
@@ -207,11 +197,17 @@ rule batch_correction_table:
     input:
         "results/batch_correction_recall.tsv",
     output:
-        "results/batch_correction.tsv",
+        report(
+            "results/batch_correction.tsv",
+            caption="../report/batch_correction.rst",
+            category=report_category("batch_correction"),
+            subcategory="Tables",
+            labels=report_labels("table", "batch_correction"),
+        ),
     params:
         method=BC["method"],
         corrections=" ".join(f"'{c}'" for c in BC["corrections"]),
-        skipped=as_json(arm_skips()),
+        skipped=as_json(arm_skips(BC["corrections"])),
         cfg=CONFIG_HASH,
         methods=METHODS_PROVENANCE,
     log:

@@ -14,7 +14,13 @@ rule figure:
     input:
         lambda w: FIGURES[w.figure][1],
     output:
-        "results/figures/{figure}.png",
+        report(
+            "results/figures/{figure}.png",
+            caption="../report/figure.rst",
+            category=lambda w: report_category(w.figure),
+            subcategory="Figures",
+            labels=lambda w: report_labels("figure", w.figure),
+        ),
     wildcard_constraints:
         figure="|".join(FIGURES),
     params:

@@ -7,14 +7,6 @@ IMG = config["images"]
 DS = "results/{dataset}"
 
 
-def images_cmd(stage):
-    """The per-plate command of a stage: one CLI with the same flags for both backends."""
-    cmd = f"python -m morphobench.images {stage} --backend {IMG['backend']}"
-    if IMG["backend"] == "cellprofiler":
-        cmd += f" --python {IMG['cellprofiler_python']}"
-    return cmd
-
-
 rule illum_calc:
     """Retrospective illumination functions of one plate (one float32 function per channel) + PNG."""
     input:
@@ -23,7 +15,7 @@ rule illum_calc:
         npz=f"{DS}/illum/{{plate}}.npz",
         png=f"{DS}/illum/{{plate}}.png",
     params:
-        cmd=images_cmd("illum"),
+        cmd=images_cmd("illum", IMG),
         cfg=as_json(IMG["illum"]),
     log:
         "logs/{dataset}/illum/{plate}.log",
@@ -50,7 +42,7 @@ rule segment:
         objects=f"{DS}/objects/{{plate}}.parquet",
         qc=f"{DS}/qc/{{plate}}.parquet",
     params:
-        cmd=images_cmd("segment"),
+        cmd=images_cmd("segment", IMG),
         cfg=as_json(IMG["segment"]),
     log:
         "logs/{dataset}/segment/{plate}.log",
@@ -125,7 +117,7 @@ rule cp_features:
         objects=f"{DS}/cellprofiler/{{plate}}.objects.parquet",
         wells=f"{DS}/cellprofiler/{{plate}}.wells.parquet",
     params:
-        cmd=images_cmd("features"),
+        cmd=images_cmd("features", IMG),
         cfg=as_json(IMG["features"]),
     log:
         "logs/{dataset}/cp_features/{plate}.log",

@@ -6,28 +6,11 @@
 # Ground truth lives in results/{dataset}/truth/ (formats: morphobench.simulate.design / .plate).
 import re
 
-from morphobench.simulate.params import resolve_params as _sim_resolve
-
 SIM_DATASETS = [ds for ds in DATASETS if dataset_cfg(ds)["loader"] == "simulated"]
 # A pattern that matches nothing when no dataset is simulated.
 SIM_DATASET_RE = "|".join(re.escape(ds) for ds in SIM_DATASETS) if SIM_DATASETS else "(?!x)x"
 SIM_TRUTH = ["perturbations", "phenotypes", "relationships", "arm_artefacts", "batch_effects",
              "plate_effects", "well_effects"]
-
-
-def sim_section(dataset):
-    return dataset_cfg(dataset).get("simulate", {})
-
-
-def sim_params(dataset):
-    return _sim_resolve(sim_section(dataset))
-
-
-def sim_plate_mem_mb(wildcards):
-    """Label masks of the whole plate stay in memory (2 × uint16 per pixel per site) + overhead."""
-    p = sim_params(wildcards.dataset)
-    sites = p.plate_format * p.sites_per_well
-    return int(600 + 3 * 4 * sites * p.image_size ** 2 / 2**20)
 
 
 rule simulate_design:
@@ -44,7 +27,7 @@ rule simulate_design:
         dataset=SIM_DATASET_RE,
     params:
         sim=lambda w: as_json(sim_section(w.dataset)),
-        res=RES,
+        res=lambda w, input: Path(input.corum).parent.parent,  # the resources dir
     log:
         "logs/simulate/{dataset}/design.log",
     benchmark:
@@ -81,7 +64,7 @@ rule simulate_plate:
         f"{BENCH}/simulate/{{dataset}}/plate_{{plate}}.tsv"
     threads: 1
     resources:
-        mem_mb=sim_plate_mem_mb,
+        mem_mb=lambda w: simulated_plate_mem_mb(sim_section(w.dataset)),
         runtime=60,
     conda:
         "../../envs/morphobench.yaml"
@@ -122,7 +105,13 @@ rule example_sites:
         wells="results/{dataset}/wells.parquet",
         perts="results/{dataset}/truth/perturbations.parquet",
     output:
-        "results/figures/example_sites_{dataset}.png",
+        report(
+            "results/figures/example_sites_{dataset}.png",
+            caption="../report/example_sites.rst",
+            category=report_category("example_sites"),
+            subcategory="Figures",
+            labels=lambda w: report_labels("figure", f"example_sites_{w.dataset}", "example_sites"),
+        ),
     wildcard_constraints:
         dataset=SIM_DATASET_RE,
     log:

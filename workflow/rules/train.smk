@@ -26,19 +26,6 @@ rule split:
         "--params {params.cfg} --out {output} 2> {log}"
 
 
-def train_inputs(w):
-    m = configured(w.method).method
-    if not m.trains:
-        raise WorkflowError(f"method {w.method!r} does not train (results/{w.dataset}/models/ holds trained methods only)")
-    ds = f"results/{w.dataset}"
-    return {"crops": f"{ds}/crops/{m.crop_kind}/index.parquet", "split": f"{ds}/splits/{m.split}.tsv",
-            "wells": f"{ds}/wells.parquet"}
-
-
-def train_device(w):
-    return method_spec(w.method)["params"].get("device", "auto")
-
-
 rule train:
     """Train one method on the `train` rows of its split (best epoch on `val`)."""
     input:

@@ -97,7 +97,19 @@ def aggregate(df: pd.DataFrame, by: Sequence[str], method: str = "mean", *,
     elif method == "median":
         agg = pd.DataFrame(x).groupby(codes).median().to_numpy()
     else:  # spherical mean
-        agg = l2_normalize(np.add.reduceat(l2_normalize(x)[order], starts, axis=0) / sizes[:, None])
+        zero = np.linalg.norm(x, axis=1) == 0
+        if zero.any():
+            raise MorphobenchError(f"{source}: {int(zero.sum())} all-zero profile(s) have no direction for the "
+                                   f"spherical mean, e.g. {df.loc[zero, by].head(3).to_dict('records')}")
+        m = np.add.reduceat(l2_normalize(x)[order], starts, axis=0) / sizes[:, None]
+        cancel = np.linalg.norm(m, axis=1) == 0
+        if cancel.any():
+            raise MorphobenchError(
+                f"{source}: the unit vectors of {int(cancel.sum())} group(s) cancel exactly (their spherical mean "
+                f"has no direction; e.g. a 1-D profile with as many positive as negative replicates): "
+                f"{[dict(zip(by, k if isinstance(k, tuple) else (k,))) for k in keys[np.flatnonzero(cancel)[:3]]]}; "
+                "use aggregate.perturbation: mean, or more features")
+        agg = l2_normalize(m)
     # metadata constant within every group
     meta_cols = [c for c in metadata_columns(df) if c not in by and c != count_col]
     keep, dropped = [], []

@@ -42,6 +42,7 @@ class EmbedInputs:
     illum: str | None = None
     crops: str | None = None
     model: str | None = None
+    profiles: str | None = None  #: another method's well profiles (input "profiles")
     device: str = "auto"
 
 

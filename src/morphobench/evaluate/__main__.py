@@ -13,6 +13,11 @@
     python -m morphobench.evaluate cp-summary --table T --out OUT [--config-hash H]
     python -m morphobench.evaluate batch-correction --known K --method M --out OUT \
         [--corrections C …] [--skipped JSON] [--config-hash H]
+    python -m morphobench.evaluate moa-triplets (--emb CELLS | --random-cells INDEX) --wells W --split S \
+        --fold F --key JSON --out OUT [--modes mean random oracle --model model.pt] [--by-group COL] …
+    python -m morphobench.evaluate teams-table --table teams_table2 --source results/moa_triplets.tsv --out OUT
+    python -m morphobench.evaluate campfire-cells|channel-sets|probes|probes-summary|zprime …
+        (Campfire probes, channel sets and Z′: morphobench.evaluate.campfire_cli)
 """
 
 from __future__ import annotations
@@ -93,7 +98,34 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True)
     b.add_argument("--config-hash")
     b.add_argument("--methods", default="{}")
-    for p in (k, r, s, c, g, m, b):
+    t = sub.add_parser("moa-triplets", help="TEAMs MoA triplets of one method's cell embeddings")
+    src = t.add_mutually_exclusive_group(required=True)
+    src.add_argument("--emb", help="cell embeddings parquet")
+    src.add_argument("--random-cells", help="crop index: score fixed-seed random vectors per cell (the floor)")
+    t.add_argument("--random-dim", type=int, default=1024)
+    t.add_argument("--wells", required=True)
+    t.add_argument("--split", required=True)
+    t.add_argument("--fold", type=int, default=0)
+    t.add_argument("--key", required=True, help="JSON of the key columns (dataset, method, …)")
+    t.add_argument("--out", required=True)
+    t.add_argument("--moa-col", default="Metadata_MoA")
+    t.add_argument("--moa-sep", default="|")
+    t.add_argument("--tasks", nargs="+", default=None)
+    t.add_argument("--modes", nargs="+", default=["mean"])
+    t.add_argument("--model", help="model.pt of a method with experts (expert modes)")
+    t.add_argument("--by-group", help="also score each value of this Metadata_ column on its own")
+    t.add_argument("--n-treatment-triplets", type=int, default=1000)
+    t.add_argument("--n-boot", type=int, default=1000)
+    t.add_argument("--seed", type=int, default=0)
+    tt = sub.add_parser("teams-table", help="a TEAMs paper table from a gathered MoA-triplet table")
+    tt.add_argument("--table", required=True)
+    tt.add_argument("--source", required=True)
+    tt.add_argument("--out", required=True)
+    tt.add_argument("--config-hash")
+    tt.add_argument("--methods", default="{}")
+    from morphobench.evaluate import campfire_cli
+
+    for p in (k, r, s, c, g, m, b, t, tt, *campfire_cli.add_parsers(sub)):
         p.add_argument("--log")
     return ap
 
@@ -107,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args, stages) -> None:
-    if args.cmd == "known-relationships":
+    from morphobench.evaluate import campfire_cli
+
+    if args.cmd in campfire_cli.COMMANDS:
+        campfire_cli.dispatch(args)
+    elif args.cmd == "known-relationships":
         stages.known_relationships(args.pert, json.loads(args.annotations), json.loads(args.key),
                                    args.out_known, args.out_curve, args.out_sets,
                                    gene_sets=json.loads(args.gene_sets), gene_set_null=args.gene_set_null,
@@ -129,10 +165,33 @@ def _dispatch(args, stages) -> None:
     elif args.cmd == "cp-summary":
         stages.cp_regression_summary(args.table, args.out, args.config_hash,
                                      methods=load_json_arg(args.methods, "--methods"))
+    elif args.cmd == "moa-triplets":
+        _moa_triplets(args)
+    elif args.cmd == "teams-table":
+        from morphobench.evaluate.teams_tables import write_table
+
+        write_table(args.table, args.source, args.out, args.config_hash,
+                    methods=load_json_arg(args.methods, "--methods"))
     else:
         stages.batch_correction_table(args.known, args.method, args.out, corrections=args.corrections,
                                       skipped=json.loads(args.skipped), config_digest=args.config_hash,
                                       methods=load_json_arg(args.methods, "--methods"))
+
+
+def _moa_triplets(args) -> None:
+    from morphobench.evaluate import triplets
+
+    experts = None
+    if args.model:
+        from morphobench.training.stage import read_payload
+
+        vocab = read_payload(args.model)["vocab"]
+        experts = {"groups": vocab["groups"], "group_col": vocab["group_col"]}
+    emb = args.emb if args.emb else triplets.random_cells(args.random_cells, args.random_dim, args.seed)
+    triplets.triplet_stage(emb, args.wells, args.split, load_json_arg(args.key, "--key"), args.out, fold=args.fold,
+                           moa_col=args.moa_col, sep=args.moa_sep, n_treatment_triplets=args.n_treatment_triplets,
+                           seed=args.seed, n_boot=args.n_boot, tasks=args.tasks or triplets.TASKS, modes=args.modes,
+                           experts=experts, by_group=args.by_group)
 
 
 if __name__ == "__main__":

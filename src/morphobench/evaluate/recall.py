@@ -150,10 +150,14 @@ def recall_from_scores(null: np.ndarray, query: np.ndarray,
 # streaming engine
 # ----------------------------------------------------------------------------------------------
 def _normalized(x: np.ndarray) -> np.ndarray:
-    """sklearn ``normalize`` as used by ``cosine_similarity`` (same arithmetic, same dtype)."""
-    from sklearn.preprocessing import normalize
-
-    return normalize(x, copy=True)
+    """sklearn ``normalize`` as used by ``cosine_similarity``: the same arithmetic and dtype
+    (``einsum`` row norms, norms below 10 eps taken as 1, in-place division of a float copy),
+    without importing scikit-learn (≈ 3 s of every recall job's start-up)."""
+    x = np.array(x, dtype=x.dtype if x.dtype in (np.float32, np.float64) else np.float64, copy=True)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    norms[norms < 10 * np.finfo(norms.dtype).eps] = 1.0
+    x /= norms[:, None]
+    return x
 
 
 def _buckets(vals: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from morphobench.io import MorphobenchError, read_table, write_parquet, write_provenance, write_tsv
@@ -89,7 +90,9 @@ def known_relationships(pert_path: str | os.PathLike, annotations: Mapping[str, 
     from morphobench.resources import load_annotation, resolve_gene_set
 
     pert = read_table(pert_path, what="perturbation profiles")
-    if not gene_rows(pert).any():
+    from morphobench.correct.stage import crispr_rows
+
+    if "Metadata_Gene" not in pert.columns or not crispr_rows(pert).any():
         # a screen without gene perturbations (e.g. compounds only) has no relationships to recall:
         # one row per source says so, instead of the dataset vanishing from the table
         reason = "no CRISPR gene perturbations in the plate map"

@@ -11,6 +11,18 @@ Phenotypes are vectors over :data:`AXES` (unit = a typical strong single-axis ef
 cell-to-cell spread is ≈ 1–2 units on most axes). :mod:`morphobench.simulate.render` maps each axis to
 the cell parameters it drives (nucleus radius, channel intensity, ER spread, mitochondrial puncta …).
 
+Mechanism-of-action classes (``Metadata_MoA``; TEAMs' MoA triplets)
+-------------------------------------------------------------------
+A gene of a CORUM complex takes its complex as its mechanism (``Metadata_MoA`` = complex name),
+as the genes of the overexpression screen BBBC037 carry gene-level MoAs; its phenotype is the
+complex's direction plus a gene-specific part. A compound of MoA class m acts on complex
+``m mod n_complexes``: it carries two classes, its inhibitor class and the complex it acts on
+(``"<complex> inhibitor|<complex>"``, ``|``-separated as in the Drug Repurposing Hub), since its
+phenotype is built from that complex's (or its target gene's) direction plus its class direction.
+Singleton and unexpressed genes, controls and positive controls have no MoA. The default screen
+has 40 genes in 8 complex classes (5 each; 4 of them also hold 4 compounds) and 16 compounds in
+4 inhibitor classes: 56 MoA-annotated treatments, every class with ≥ 4 members.
+
 The applied effect of a well is ``biological phenotype + arm artefact (CRISPR genes only) +
 batch shift + replicate noise``; illumination, gains, offsets and well-position gains act on pixels.
 
@@ -59,6 +71,9 @@ AXIS_INDEX = {a: i for i, a in enumerate(AXES)}
 #: zFPKM below which a gene is "not expressed" (proxbias convention).
 UNEXPRESSED_ZFPKM = -3.0
 NEGCON = "DMSO"
+#: Separator of several MoA classes in one ``Metadata_MoA`` value (as in the Drug Repurposing Hub's
+#: annotations of BBBC036, e.g. "EGFR inhibitor|tyrosine kinase inhibitor").
+MOA_SEP = "|"
 CELL_TYPE = "U2OS"
 SOURCE = "simulated"
 
@@ -224,7 +239,7 @@ def make_design(params: SimParams, complexes: dict[str, list[str]], gene_arms: p
             gene_dir[g] = _unit(complex_dir[name] + 0.4 * _rand_dir(r_pheno))
             bio[g] = ps * s_c * r_pheno.uniform(0.75, 1.25) * gene_dir[g]
             rows.append(dict(Metadata_Perturbation=g, Metadata_PertType="trt", Metadata_Modality="crispr",
-                             Metadata_Gene=g, Metadata_Complex=name, Metadata_Target=g))
+                             Metadata_Gene=g, Metadata_Complex=name, Metadata_Target=g, Metadata_MoA=name))
     for i, g in enumerate(singletons):
         active = i % 2 == 0  # half of the singletons have no phenotype
         bio[g] = ps * r_pheno.uniform(0.6, 1.4) * _rand_dir(r_pheno) if active else np.zeros(K)
@@ -254,8 +269,8 @@ def make_design(params: SimParams, complexes: dict[str, list[str]], gene_arms: p
         d = _unit(gpart + moa_dir[m] + 0.3 * _rand_dir(r_pheno))
         bio[cid] = ps * r_pheno.uniform(0.9, 1.6) * d
         rows.append(dict(Metadata_Perturbation=cid, Metadata_PertType="trt", Metadata_Modality="compound",
-                         Metadata_Compound=cid, Metadata_MoA=moa_names[m], Metadata_Target=target,
-                         Metadata_Complex=cname))
+                         Metadata_Compound=cid, Metadata_MoA=f"{moa_names[m]}{MOA_SEP}{cname}",
+                         Metadata_Target=target, Metadata_Complex=cname))
     poscon_dirs = [
         _axis_vec({"nucleus_size": 0.8, "DNA_intensity": 0.45, "DNA_texture": 0.45, "cell_size": 0.3,
                    "cell_count": -0.3}),
@@ -361,6 +376,7 @@ def _relationships(pert: pd.DataFrame) -> pd.DataFrame:
     for cid, tgt in zip(cpd["Metadata_Perturbation"], cpd["Metadata_Target"], strict=True):
         if tgt in screened:
             rows.append((cid, tgt, "sibling", tgt))
+    cpd = cpd.assign(Metadata_MoA=cpd["Metadata_MoA"].str.split(MOA_SEP, regex=False).str[0])
     for col, rel in (("Metadata_MoA", "same_moa"), ("Metadata_Target", "same_target")):
         for key, grp in cpd.groupby(col, sort=True):
             c = sorted(grp["Metadata_Perturbation"])

@@ -13,6 +13,9 @@ Presets
 ``plate384``      the default design on 384-well plates (more replicates, 24 negcon wells/plate).
 ``many_sites``    the default with 9 sites per well.
 ``large_images``  the default with 1,024 px sites (≈ 16× the cells per site).
+``three_batches`` the default design on 3 batches × 2 plates with every treatment on every plate
+                  (``layout: spread``): three variation groups that all hold every treatment, for
+                  TEAMs Table 3 (train on two groups, test on all three).
 ``large``         4 batches × 3 plates of 384 wells, 200 genes (60 unexpressed genes on 3 arms,
                   so arm correction has > 20 unexpressed genes on at least one arm), 48 compounds.
 
@@ -155,6 +158,7 @@ PRESETS: dict[str, SimParams] = {
     "plate384": SimParams(preset="plate384", plate_format=384, negcon_wells_per_plate=24),
     "many_sites": SimParams(preset="many_sites", sites_per_well=9),
     "large_images": SimParams(preset="large_images", image_size=1024, cells_per_site=(320, 640)),
+    "three_batches": SimParams(preset="three_batches", n_batches=3, layout="spread"),
     "large": SimParams(preset="large", n_batches=4, plates_per_batch=3, plate_format=384,
                        n_complexes=20, genes_per_complex=6, n_singleton_genes=20,
                        n_unexpressed_genes=60, unexpressed_per_arm=25, n_compounds=48, n_moas=8,

@@ -1,7 +1,8 @@
 """Training parameters (torch-free: the method registry checks parameter names at DAG time).
 
 A trained method's ``params`` mix :class:`TrainConfig` fields (optimization, sampling,
-augmentation, devices) and model keyword arguments; :func:`split_params` separates them.
+augmentation, devices), inference settings (:data:`EMBED_KEYS`) and model keyword arguments;
+:func:`split_params` separates them.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class TrainConfig:
     group_col: str = "Metadata_Batch"
     #: split labels trained on (controls are never in "train")
     train_splits: tuple[str, ...] = ("train",)
+    #: train (and validate) only on these values of ``group_col`` (empty: all; TEAMs Table 3)
+    train_groups: tuple[str, ...] = ()
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
@@ -63,17 +66,21 @@ class TrainConfig:
 
 
 TRAIN_KEYS = frozenset(f.name for f in fields(TrainConfig))
+#: Inference-time parameters of every trained method (read by morphobench.embed.learned, the embed
+#: rule and the figures; neither training nor model arguments): the embedding batch size, a model
+#: file trained elsewhere, and the map from the screen's channels to the model's.
+EMBED_KEYS = frozenset({"embed_batch_size", "pretrained", "channel_map"})
 
 
 def split_params(params: Mapping[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
     """Method params → (training config, model keyword arguments)."""
     tr = {k: v for k, v in params.items() if k in TRAIN_KEYS}
-    for k in ("betas", "channels", "train_splits"):
+    for k in ("betas", "channels", "train_splits", "train_groups"):
         if k in tr and tr[k] is not None:
             tr[k] = tuple(tr[k])
     cfg = TrainConfig(**tr)
     check_config(cfg)
-    return cfg, {k: v for k, v in params.items() if k not in TRAIN_KEYS}
+    return cfg, {k: v for k, v in params.items() if k not in TRAIN_KEYS and k not in EMBED_KEYS}
 
 
 def check_config(cfg: TrainConfig) -> None:

@@ -242,7 +242,12 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | No
         bi = torch.arange(b)[:, None, None]
         x = x.permute(0, 2, 3, 1)[bi, iy[:, :, None], ix[:, None, :]].permute(0, 3, 1, 2).contiguous()
     if train and (cfg.flips or cfg.rot90):
-        k = torch.randint(0, 4, (b,), generator=generator) if cfg.rot90 else torch.zeros(b, dtype=torch.long)
+        if cfg.rot90:
+            k = torch.randint(0, 4, (b,), generator=generator)
+        elif cfg.flips:  # vertical flip = 180° rotation ∘ horizontal flip: {id, h, v, hv} uniform
+            k = 2 * torch.randint(0, 2, (b,), generator=generator)
+        else:
+            k = torch.zeros(b, dtype=torch.long)
         f = torch.randint(0, 2, (b,), generator=generator) if cfg.flips else torch.zeros(b, dtype=torch.long)
         out = torch.empty_like(x)
         for kk in range(4):

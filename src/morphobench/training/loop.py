@@ -16,6 +16,12 @@
   epoch and ``best.pt`` when the validation metric improves; a rerun with the same spec resumes.
 * **Log**: ``train_log.tsv`` (epoch, train/val values, lr, seconds, images/s, best) rewritten after
   every epoch; tqdm progress per epoch.
+* **Training cost**: ``crops_seen`` (cumulative) and ``train_flops`` = FLOPs per crop × crops seen
+  (cumulative, also across a resume), the MAE papers' convention (MAE-W A.3). FLOPs per crop are the
+  model's ``flops_per_image`` when it has one (the MAE ViTs: Touvron et al.'s ViT/16 224² numbers
+  × 1.69 for 256², × 16 for patch 8); otherwise the multiply-accumulates of one ``model.embed``
+  forward on one training-size crop, counted once with ``torch.utils.flop_counter`` (Touvron's and
+  fvcore's numbers count a multiply-accumulate as one FLOP; so does this).
 * **Devices**: ``device: auto|cpu|cuda``; on CUDA ``precision: auto|bf16`` runs under bf16
   autocast and ``compile: true`` wraps the model's forward in ``torch.compile``. Everything also
   runs on the CPU (fp32).
@@ -155,6 +161,29 @@ def validate(model, val_set: CropSet, cfg: TrainConfig, device: torch.device, bf
     return {f"val_{k}": v for k, v in agg.items()}
 
 
+def flops_per_crop(model, train_set: CropSet, cfg: TrainConfig, device: torch.device) -> float:
+    """FLOPs per training crop (see the module docstring); NaN (logged) when they cannot be counted."""
+    value = getattr(model, "flops_per_image", None)
+    if value is not None:
+        return float(value)
+    if len(train_set) == 0:
+        return float("nan")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = augment(load_batch(train_set, [0])["image"], cfg.augment, train=False).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            model.embed(x)
+        return fc.get_total_flops() / 2.0
+    except Exception as err:  # noqa: BLE001 - counting is informative only, never fatal
+        log.warning("cannot count the FLOPs of %s (%s); train_flops is NaN", type(model).__name__, err)
+        return float("nan")
+    finally:
+        model.train(was_training)
+
+
 def fit(model, train_set: CropSet, val_set: CropSet | None, cfg: TrainConfig, out_dir: str | os.PathLike, *,
         spec_hash: str = "", resume: bool = True) -> FitResult:
     """Train ``model`` (see the module docstring); returns the best epoch's weights and the log."""
@@ -184,6 +213,8 @@ def fit(model, train_set: CropSet, val_set: CropSet | None, cfg: TrainConfig, ou
             log.info("resuming from %s after epoch %d", ckpt_path, ck["epoch"])
         else:
             log.info("ignoring %s (other settings or finished); training from scratch", ckpt_path)
+    crop_flops = flops_per_crop(model, train_set, cfg, device)
+    crops_total = int(rows[-1].get("crops_seen", 0)) if rows else 0
     step_fn = model
     if cfg.compile:
         if device.type == "cuda":
@@ -222,9 +253,11 @@ def fit(model, train_set: CropSet, val_set: CropSet | None, cfg: TrainConfig, ou
             for k, v in _scalars(out).items():
                 sums[k] = sums.get(k, 0.0) + v
         secs = time.perf_counter() - t0
+        crops_total += seen
         row = {"epoch": epoch + 1, **{f"train_{k}": v / max(count, 1) for k, v in sums.items()},
                "lr": lr_at(max(0, (epoch + 1) * steps_per_epoch - 1), cfg, steps_per_epoch),
-               "seconds": round(secs, 3), "images_per_s": round(seen / secs, 2) if secs > 0 else float("nan")}
+               "seconds": round(secs, 3), "images_per_s": round(seen / secs, 2) if secs > 0 else float("nan"),
+               "crops_seen": crops_total, "train_flops": crop_flops * crops_total}
         if metric != "train_loss":
             row.update(validate(model, val_set, cfg, device, bf16))
         value = float(row.get(metric, float("nan")))

@@ -47,9 +47,11 @@ def train_method(spec: dict, crops_index: str | os.PathLike, split_path: str | o
         raise MorphobenchError(f"method {spec.get('name')!r} does not train")
     params = {**spec["params"], **(overrides or {})}
     cfg, model_kwargs = split_params(params)
-    split = read_split(split_path, fold)
+    split = read_split(split_path, fold, spec.get("split"))
     wells = read_table(wells_path, what="plate map")
     rows = crop_rows(crops_index, split, wells)
+    if cfg.train_groups:
+        rows = _restrict_groups(rows, cfg, spec["name"])
     train_rows = rows[rows["split"].isin(cfg.train_splits)]
     if train_rows.empty:
         raise MorphobenchError(f"{spec['name']}: no crops in splits {list(cfg.train_splits)} of fold {fold} "
@@ -62,6 +64,8 @@ def train_method(spec: dict, crops_index: str | os.PathLike, split_path: str | o
     model = build_model(spec["model"], model_kwargs, in_chans=len(train_set.channels), vocab=vocab, seed=cfg.seed)
     if hasattr(model, "setup_data"):
         model.setup_data(train_set.rows, vocab)
+    if hasattr(model, "setup_validation") and len(val_set):
+        model.setup_validation(val_set.rows)
     out_model = Path(out_model)
     digest = spec_digest(spec, {"overrides": overrides or {}, "fold": fold, "n_train": len(train_set)})
     res = fit(model, train_set, val_set, cfg, out_model.parent, spec_hash=digest, resume=resume)
@@ -80,15 +84,36 @@ def train_method(spec: dict, crops_index: str | os.PathLike, split_path: str | o
     return out_model
 
 
-def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """(model in eval mode, payload) from a ``model.pt`` written by :func:`train_method`."""
+def _restrict_groups(rows, cfg: TrainConfig, name: str):
+    """Only the rows of the variation groups ``cfg.train_groups`` (train and validation; TEAMs
+    Table 3 trains on some groups and tests on all): unknown group names are an error."""
+    if cfg.group_col not in rows.columns:
+        raise MorphobenchError(f"{name}: train_groups needs the variation group column {cfg.group_col!r}")
+    have = set(rows[cfg.group_col].astype(str))
+    unknown = sorted(set(cfg.train_groups) - have)
+    if unknown:
+        raise MorphobenchError(f"{name}: train_groups {unknown} are not values of {cfg.group_col} "
+                               f"(values: {sorted(have)})")
+    keep = rows[cfg.group_col].astype(str).isin(cfg.train_groups)
+    log.info("%s: training on groups %s of %s (%d of %d crops)", name, list(cfg.train_groups), cfg.group_col,
+             int(keep.sum()), len(rows))
+    return rows[keep].reset_index(drop=True)
+
+
+def read_payload(path: str | os.PathLike) -> dict:
+    """The dict of a ``model.pt`` written by :func:`train_method` (errors name the file)."""
     path = Path(path)
     if not path.is_file():
         raise MorphobenchError(f"trained model not found: {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
         raise MorphobenchError(f"cannot read trained model {path}: {err}") from err
+
+
+def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """(model in eval mode, payload) from a ``model.pt`` written by :func:`train_method`."""
+    payload = read_payload(path)
     vocab = Vocab.from_dict(payload["vocab"])
     cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in payload["train_config"].items()})
     model = build_model(payload["model"], payload["model_kwargs"], in_chans=len(payload["channels"]),

@@ -10,6 +10,12 @@ One entry point, :func:`build_sheet`, looks the loader named by ``ds_cfg["loader
 :mod:`~morphobench.data.loaders.pattern`    a folder whose relative paths match a regex with the
                                             groups plate, well, site, channel [batch] (RxRx)
 :mod:`~morphobench.data.loaders.bbbc022`    ``BBBC022_v1_image.csv``: image sheet and plate map
+:mod:`~morphobench.data.loaders.bbbc036`    BBBC036 (compounds): ``<plate>-<ChannelFolder>/`` image
+                                            folders + per-well metadata CSVs
+:mod:`~morphobench.data.loaders.bbbc037`    BBBC037 (ORF overexpression): the same layout
+:mod:`~morphobench.data.loaders.broad_ixm`  what bbbc036 / bbbc037 share (channel folders, metadata)
+:mod:`~morphobench.data.loaders.moa`        user-supplied MoA tables → ``Metadata_MoA``
+                                            (``moa_table:`` of bbbc022 / bbbc036 / bbbc037)
 :mod:`~morphobench.data.loaders.plate_map`  the plate-map builder shared by all (``plate_map:``)
 :mod:`~morphobench.data.loaders.common`     the result type, common keys and helpers
 
@@ -34,13 +40,16 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from morphobench.data.loaders import bbbc022, cpjump1, load_data, pattern
+from morphobench.data.loaders import bbbc022, bbbc036, bbbc037, cpjump1, load_data, pattern
 from morphobench.data.loaders.bbbc022 import (
     BBBC022_CHANNELS,
     BBBC022_COLUMNS,
     BBBC022_PLATE_MAP,
     bbbc022_sheet,
 )
+from morphobench.data.loaders.bbbc036 import BBBC036_PLATE_MAP, bbbc036_sheet
+from morphobench.data.loaders.bbbc037 import BBBC037_PLATE_MAP, bbbc037_sheet
+from morphobench.data.loaders.broad_ixm import IXM_CHANNELS, IXM_PATTERN
 from morphobench.data.loaders.common import (
     COMMON_KEYS,
     IMAGE_EXTENSIONS,
@@ -52,6 +61,7 @@ from morphobench.data.loaders.common import (
 )
 from morphobench.data.loaders.cpjump1 import CPJUMP1_CHANNELS, cpjump1_sheet
 from morphobench.data.loaders.load_data import load_data_sheet
+from morphobench.data.loaders.moa import MOA_TABLE_KEYS, add_moa, read_moa_table
 from morphobench.data.loaders.pattern import RXRX_CHANNELS, pattern_sheet
 from morphobench.data.loaders.plate_map import PLATE_MAP_KEYS, build_plate_map, empty_plate_map
 from morphobench.io import MorphobenchError, write_parquet
@@ -63,15 +73,19 @@ LOADERS: dict[str, tuple[Callable[..., LoadResult], dict[str, tuple[str, Any, st
     "cpjump1": (cpjump1_sheet, cpjump1.KEYS),
     "pattern": (pattern_sheet, pattern.KEYS),
     "bbbc022": (bbbc022_sheet, bbbc022.KEYS),
+    "bbbc036": (bbbc036_sheet, bbbc036.KEYS),
+    "bbbc037": (bbbc037_sheet, bbbc037.KEYS),
 }
 #: Keys of each loader: name → (type, default, meaning).
 LOADER_KEYS: dict[str, dict[str, tuple[str, Any, str]]] = {name: keys for name, (_, keys) in LOADERS.items()}
 
-__all__ = ["BBBC022_CHANNELS", "BBBC022_COLUMNS", "BBBC022_PLATE_MAP", "COMMON_KEYS", "CPJUMP1_CHANNELS",
-           "IMAGE_EXTENSIONS", "LOADERS", "LOADER_KEYS", "LoadResult", "PLATE_MAP_KEYS", "RXRX_CHANNELS",
-           "bbbc022_sheet", "build_plate_map", "build_sheet", "cpjump1_sheet", "empty_plate_map",
-           "iter_loader_keys", "load_data_sheet", "load_dataset", "normalize_well", "pattern_sheet",
-           "read_csv_table"]
+__all__ = ["BBBC022_CHANNELS", "BBBC022_COLUMNS", "BBBC022_PLATE_MAP", "BBBC036_PLATE_MAP",
+           "BBBC037_PLATE_MAP", "COMMON_KEYS", "CPJUMP1_CHANNELS", "IMAGE_EXTENSIONS", "IXM_CHANNELS",
+           "IXM_PATTERN", "LOADERS", "LOADER_KEYS", "LoadResult", "MOA_TABLE_KEYS", "PLATE_MAP_KEYS",
+           "RXRX_CHANNELS", "add_moa", "bbbc022_sheet", "bbbc036_sheet", "bbbc037_sheet",
+           "build_plate_map", "build_sheet", "cpjump1_sheet", "empty_plate_map", "iter_loader_keys",
+           "load_data_sheet", "load_dataset", "normalize_well", "pattern_sheet", "read_csv_table",
+           "read_moa_table"]
 
 
 def load_dataset(ds_cfg: Mapping, *, dataset: str | None = None,

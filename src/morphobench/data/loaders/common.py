@@ -9,7 +9,7 @@ import glob as _glob
 import os
 import re
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ _CHANNEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
 _N_EXAMPLES = 5
 
 COMMON_KEYS = {
-    "loader": ("str", None, "load_data | cpjump1 | pattern | bbbc022"),
+    "loader": ("str", None, "load_data | cpjump1 | pattern | bbbc022 | bbbc036 | bbbc037"),
     "source": ("str", "<dataset name>", "Metadata_Source for every site (overrides a column)"),
     "batch": ("str", "<see loader>", "Metadata_Batch for every site (overrides a column / group)"),
     "plates": ("list[str]", None, "keep only these plates (error if one is absent)"),
@@ -150,11 +150,13 @@ def _report_skipped(report: dict, key: str, count: int, examples: Sequence[Any],
 
 
 def read_csv_table(path: str | os.PathLike, *, strict: bool = False,
-                   report: dict | None = None) -> pd.DataFrame:
+                   report: dict | None = None,
+                   usecols: Callable[[str], bool] | None = None) -> pd.DataFrame:
     """Read a CSV/TSV/TXT/parquet table as strings (empty cells → ``""``).
 
     Malformed CSV lines (too many fields) are counted and logged with examples — an error when
-    ``strict`` — instead of failing the whole file or being dropped silently.
+    ``strict`` — instead of failing the whole file or being dropped silently. ``usecols``: keep
+    only the columns for which it is true (e.g. the metadata of a wide profile table).
     """
     path = Path(path)
     if not path.is_file():
@@ -165,9 +167,13 @@ def read_csv_table(path: str | os.PathLike, *, strict: bool = False,
             df = pd.read_parquet(path)
         except Exception as err:
             raise MorphobenchError(f"cannot read {path}: {err}") from err
+        if usecols is not None:
+            df = df[[c for c in df.columns if usecols(str(c))]]
         return df.astype(object).where(df.notna(), "").astype(str)
     sep = "\t" if name.endswith((".tsv", ".txt", ".tsv.gz", ".txt.gz")) else ","
     kw = dict(sep=sep, dtype=str, keep_default_na=False, na_values=[])
+    if usecols is not None:
+        kw["usecols"] = usecols
     try:
         return pd.read_csv(path, **kw)
     except pd.errors.ParserError:

@@ -59,28 +59,35 @@ KEYS: dict[str, tuple[str, Any, str]] = {
 
 def pattern_sheet(params: Mapping, *, dataset: str | None = None) -> LoadResult:
     """Image sheet from a folder whose relative file paths match ``pattern`` (RxRx layout)."""
+    return scan_pattern_tree(params, dataset=dataset, loader="pattern")
+
+
+def scan_pattern_tree(params: Mapping, *, dataset: str | None = None,
+                      loader: str = "pattern") -> LoadResult:
+    """:func:`pattern_sheet` for any loader built on a regex over an image tree (``loader`` names
+    it in messages; the ``bbbc036`` / ``bbbc037`` loaders use it with their own defaults)."""
     report: dict[str, Any] = {}
     strict = bool(params.get("strict", False))
     root = params.get("image_root")
     if not root:
-        raise MorphobenchError("pattern: image_root is required")
+        raise MorphobenchError(f"{loader}: image_root is required")
     if not Path(root).is_dir():
-        raise MorphobenchError(f"pattern: image_root {root} is not a directory")
+        raise MorphobenchError(f"{loader}: image_root {root} is not a directory")
     pat = params.get("pattern")
     if not pat:
-        raise MorphobenchError("pattern: `pattern` is required (a regex with named groups plate, "
+        raise MorphobenchError(f"{loader}: `pattern` is required (a regex with named groups plate, "
                                "well, site, channel, optional batch)")
     try:
         rx = re.compile(str(pat))
     except re.error as err:
-        raise MorphobenchError(f"pattern: invalid regular expression {pat!r}: {err}") from err
+        raise MorphobenchError(f"{loader}: invalid regular expression {pat!r}: {err}") from err
     need = {"plate", "well", "site", "channel"}
     if not need <= set(rx.groupindex):
-        raise MorphobenchError(f"pattern: regex {pat!r} lacks named group(s) "
+        raise MorphobenchError(f"{loader}: regex {pat!r} lacks named group(s) "
                                f"{sorted(need - set(rx.groupindex))}")
     exts = tuple(e.lower() if e.startswith(".") else "." + e.lower()
                  for e in _as_list(params.get("extensions")) or IMAGE_EXTENSIONS)
-    where = f"pattern loader, image_root {root}"
+    where = f"{loader} loader, image_root {root}"
 
     records, unmatched, other = [], [], 0
     for dirpath, dirnames, filenames in os.walk(root):
@@ -129,7 +136,7 @@ def pattern_sheet(params: Mapping, *, dataset: str | None = None) -> LoadResult:
         df["Metadata_Batch"] = df["batch"].astype(str)
     else:
         df["Metadata_Batch"] = "batch1"
-    df["Metadata_Source"] = str(params.get("source") or dataset or "pattern")
+    df["Metadata_Source"] = str(params.get("source") or dataset or loader)
     keys = list(SITE_KEYS)
     dup = df.duplicated(keys + ["channel"], keep=False)
     if dup.any():

@@ -1,0 +1,15 @@
+# The README's two commands:  `make run` (set-up + the default run) and `make test` (set-up + tests).
+# Set-up is idempotent: on a built machine it takes a few seconds (workflow/scripts/setup.sh).
+.PHONY: setup run test
+
+setup:
+	bash workflow/scripts/setup.sh
+
+run: setup
+	.venv/bin/snakemake --cores all
+
+# pytest's exit code 5 (no tests collected) counts as a failure
+test: setup
+	@.venv/bin/python -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: counting as failure" >&2; exit 1; fi; \
+	exit $$rc
