@@ -13,6 +13,6 @@ run: setup
 # pytest's exit code 5 (no tests collected) counts as a failure
 TEST_WORKERS ?= auto
 test: setup
-	@.venv/bin/python -m pytest -n $(TEST_WORKERS) --maxprocesses 4 --dist worksteal --durations 25; rc=$$?; \
+	@.venv/bin/python -m pytest -n $(TEST_WORKERS) --maxprocesses 4 --dist loadgroup --durations 25; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: counting as failure" >&2; exit 1; fi; \
 	exit $$rc

@@ -5,9 +5,9 @@
 whatever is missing with :func:`morphobench.resources.ensure_all` (downloads from PyPI once,
 under a file lock: `make test` runs pytest-xdist workers, each with its own session).
 
-Order: the tests that run the real Snakefile or a cluster (markers ``workflow``, ``slurm``) are
-collected first, so that under pytest-xdist the long ones start early and the short unit tests fill
-the other worker (a long test collected last would run alone at the end).
+Order: the tests that run the real Snakefile or a cluster (markers ``workflow``, ``slurm``, ``slow``)
+are collected first, so that under pytest-xdist the long ones start early and the short unit tests
+fill the other worker (a long test collected last would run alone at the end).
 """
 
 from __future__ import annotations
@@ -43,20 +43,18 @@ def resources_dir() -> Path:
     return path
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
-    """Long tests first (a stable sort: the order within each class of tests is kept)."""
+    """Long tests first (a stable sort: the order within each class of tests is kept); tests that
+    share a module- or class-scoped fixture stay on one xdist worker (``--dist loadgroup``), so an
+    expensive fixture is built once, not once per worker."""
     def long(item) -> bool:
         return item.get_closest_marker("workflow") is not None or item.get_closest_marker("slurm") is not None \
             or item.get_closest_marker("slow") is not None
+
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info is not None else ()
+        if any(d.scope in ("module", "class", "package") for group in defs for d in group):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
     items.sort(key=lambda item: not long(item))
-
-
-@pytest.fixture(scope="session")
-def default_screen(tmp_path_factory, resources_dir) -> Path:
-    """The default simulated screen (2 batches × 2 plates × 96 wells × 2 sites, 256²), built once
-    per test session; returns its dataset directory (images.parquet, wells.parquet, truth/)."""
-    from morphobench.simulate import simulate_screen
-
-    out = tmp_path_factory.mktemp("default_screen") / "simulated"
-    simulate_screen({"preset": "default", "seed": 0}, out, resources_dir=resources_dir)
-    return out

@@ -229,8 +229,10 @@ def embed_plate_flags(w, input):
 
 
 def embed_threads(w):
+    """Two torch threads for a network's embeddings, one on a machine of 2 cores or fewer (two
+    plates at a time use the cores better than one plate on two threads)."""
     m = _method(w)
-    return 2 if (m.trains or m.kind == "timm") else 1
+    return min(2, max(1, workflow.cores // 2)) if (m.trains or m.kind == "timm") else 1
 
 
 def method_parts(w):

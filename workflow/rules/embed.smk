@@ -24,6 +24,7 @@ rule embed_plate:
     conda:
         "../../envs/morphobench.yaml"
     threads: embed_threads
+    priority: 40  # a trained model's embeddings before the remaining CellProfiler features
     resources:
         mem_mb=4000,
         runtime=60,

@@ -24,6 +24,7 @@ rule illum_calc:
     conda:
         "../../envs/morphobench.yaml"
     threads: 1
+    priority: 50  # the chain to the trainings (the longest one) first
     resources:
         mem_mb=4000,
         runtime=30,
@@ -51,6 +52,7 @@ rule segment:
     conda:
         "../../envs/morphobench.yaml"
     threads: 1
+    priority: 50  # the chain to the trainings (the longest one) first
     resources:
         mem_mb=4000,
         runtime=60,
@@ -81,6 +83,7 @@ rule crops:
     conda:
         "../../envs/morphobench.yaml"
     threads: 1
+    priority: 50  # the chain to the trainings (the longest one) first
     resources:
         mem_mb=4000,
         runtime=60,
@@ -100,6 +103,7 @@ rule crop_index:
         kind="cell128|cell112|tile256",
     log:
         "logs/{dataset}/crops/{kind}/index.log",
+    priority: 50  # the chain to the trainings (the longest one) first
     conda:
         "../../envs/morphobench.yaml"
     shell:
