@@ -124,7 +124,11 @@ def _keys(df: pd.DataFrame) -> pd.Series:
     """One string key per row from the site keys (``Source/Batch/Plate/Well/Site``)."""
     if not len(df):
         return pd.Series([], index=df.index, dtype=str)
-    return df[list(SITE_KEYS)].astype(str).agg("/".join, axis=1)
+    cols = [df[c].astype(str) for c in SITE_KEYS]   # vectorized (a row-wise join costs seconds per plate)
+    out = cols[0]
+    for col in cols[1:]:
+        out = out + "/" + col
+    return out
 
 
 def add_anchors(objects: pd.DataFrame, nuclei_of) -> pd.DataFrame:
@@ -136,12 +140,12 @@ def add_anchors(objects: pd.DataFrame, nuclei_of) -> pd.DataFrame:
     cx = np.zeros(len(df), np.int64)
     if len(df):
         keys = _keys(df)
+        num = df["ObjectNumber"].to_numpy()
+        x, y = df["Nuclei_Location_Center_X"].to_numpy(), df["Nuclei_Location_Center_Y"].to_numpy()
         for key, idx in keys.groupby(keys, sort=False).groups.items():
             nuc = nuclei_of(key)
             for i in idx:
-                cy[i], cx[i] = anchor_pixel(nuc, int(df.at[i, "ObjectNumber"]),
-                                            df.at[i, "Nuclei_Location_Center_X"],
-                                            df.at[i, "Nuclei_Location_Center_Y"])
+                cy[i], cx[i] = anchor_pixel(nuc, int(num[i]), x[i], y[i])
     df["Crop_CenterX"], df["Crop_CenterY"] = cx, cy
     return df
 
