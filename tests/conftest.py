@@ -43,6 +43,17 @@ def resources_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def default_screen(tmp_path_factory, resources_dir) -> Path:
+    """The default simulated screen (2 batches × 2 plates × 96 wells × 2 sites, 256²), built once
+    per test session; returns its dataset directory (images.parquet, wells.parquet, truth/)."""
+    from morphobench.simulate import simulate_screen
+
+    out = tmp_path_factory.mktemp("default_screen") / "simulated"
+    simulate_screen({"preset": "default", "seed": 0}, out, resources_dir=resources_dir)
+    return out
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     """Long tests first (a stable sort: the order within each class of tests is kept); tests that

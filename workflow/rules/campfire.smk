@@ -37,6 +37,7 @@ rule campfire_cells:
         seed=CFP["seed"],
     log:
         "logs/{dataset}/campfire/cells.log",
+    priority: 20  # as soon as the models exist, not in a one-core tail at the end
     conda:
         "../../envs/morphobench.yaml"
     shell:
@@ -60,6 +61,7 @@ rule campfire_channel_sets:
         "logs/{dataset}/campfire/channel_sets/{method}.log",
     benchmark:
         "benchmarks/out/{dataset}/campfire/channel_sets/{method}.tsv"
+    priority: 20  # as soon as the models exist, not in a one-core tail at the end
     conda:
         "../../envs/morphobench.yaml"
     threads: 2
@@ -89,6 +91,7 @@ rule campfire_probes_part:
         "logs/{dataset}/eval/{method}/campfire_probes.log",
     benchmark:
         "benchmarks/out/{dataset}/eval/{method}/campfire_probes.tsv"
+    priority: 20  # as soon as the models exist, not in a one-core tail at the end
     conda:
         "../../envs/morphobench.yaml"
     threads: 1

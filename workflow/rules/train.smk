@@ -19,6 +19,7 @@ rule split:
         cfg=lambda w: as_json(config["splits"].get(w.split, {})),
     log:
         "logs/{dataset}/splits/{split}.log",
+    priority: 50  # part of the chain to the trainings
     conda:
         "../../envs/morphobench.yaml"
     shell:
