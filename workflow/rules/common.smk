@@ -228,11 +228,17 @@ def embed_plate_flags(w, input):
     return " ".join(f"--{k} {input[k]}" for k in ("illum", "crops", "model", "profiles") if k in input.keys())
 
 
+def half_cores(cap):
+    """Threads of a torch job: half the cores, at least 1, at most ``cap``. On a small machine a
+    training or network embedding then runs beside another job (a second training, the image
+    stages) instead of alone at a torch thread efficiency of about 75 %."""
+    return max(1, min(workflow.cores // 2, cap))
+
+
 def embed_threads(w):
-    """Two torch threads for a network's embeddings, one on a machine of 2 cores or fewer (two
-    plates at a time use the cores better than one plate on two threads)."""
+    """A network's embeddings on up to two torch threads (:func:`half_cores`), the rest on one."""
     m = _method(w)
-    return min(2, max(1, workflow.cores // 2)) if (m.trains or m.kind == "timm") else 1
+    return half_cores(2) if (m.trains or m.kind == "timm") else 1
 
 
 def method_parts(w):

@@ -42,11 +42,8 @@ rule train:
         "benchmarks/out/{dataset}/train/{method}.tsv"
     conda:
         "../../envs/morphobench.yaml"
-    # half the cores (at most 8): on a small machine a training leaves room for the image and
-    # evaluation jobs (and for a second training) instead of running alone at a thread efficiency
-    # of about 75 %; priority: trainings start as soon as their crops exist (the longest chain)
-    threads: max(1, min(workflow.cores // 2, 8))
-    priority: 50
+    threads: half_cores(8)
+    priority: 50  # trainings start as soon as their crops exist (the longest chain)
     resources:
         mem_mb=16000,
         runtime=24 * 60,
