@@ -8,14 +8,13 @@ finishes. Every results table and every profile parquet of B equals A's byte for
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from test_workflow import PLUGINS, REPO, SNAKEMAKE, tiny_config, write_config
+from test_workflow import snakemake, tiny_config, write_config
 
 pytestmark = pytest.mark.workflow
 
@@ -25,18 +24,11 @@ KILL_AT = "results/simulated/profiles/tiny_ae/well.parquet"
 
 
 def run(workdir: Path, cfg: Path, *args: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
-    cmd = [*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(cfg), *args]
-    env = dict(os.environ, MORPHOBENCH_NO_PROGRESS="1", MORPHOBENCH_PLUGINS="tiny_method",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")])))
-    if kill_at:
-        env.update(MORPHOBENCH_TEST_KILL_AT=kill_at,
-                   PYTHONPATH=os.pathsep.join([str(KILL_HOOK), env["PYTHONPATH"]]))
-    # its own session: the hook's SIGKILL to this process group reaches Snakemake and its jobs only
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=workdir, start_new_session=True)
-    out, err = proc.communicate(timeout=1200)
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    """:func:`test_workflow.snakemake` with the plugin method; ``kill_at`` arms the kill hook."""
+    if kill_at is None:
+        return snakemake(workdir, *args, configfile=cfg, plugin=True)
+    return snakemake(workdir, *args, configfile=cfg, plugin=True, env={"MORPHOBENCH_TEST_KILL_AT": kill_at},
+                     pythonpath=(KILL_HOOK,))
 
 
 def outputs(workdir: Path) -> dict[str, bytes]:

@@ -26,15 +26,22 @@ PLUGINS = REPO / "tests" / "plugins"
 
 
 def snakemake(workdir: Path, *args: str, configfile: Path | None = None, timeout: int = 1500,
-              plugin: bool = False):
+              plugin: bool = False, env: dict[str, str] | None = None, pythonpath: tuple[Path, ...] = ()):
+    """The real Snakefile in ``workdir``, in a session of its own (a signal to its process group
+    reaches Snakemake and its jobs only). ``env``: extra variables; ``pythonpath``: folders put
+    first on PYTHONPATH."""
     cmd = [*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
     cmd += ["--configfile", str(configfile or REPO / "config" / "config.yaml")]
     cmd += list(args)
-    env = dict(os.environ, MORPHOBENCH_NO_PROGRESS="1")
+    run_env = dict(os.environ, MORPHOBENCH_NO_PROGRESS="1", **(env or {}))
+    paths = [str(p) for p in pythonpath]
     if plugin:  # the test plugin: one registry entry (tiny_method.py) + its model file (tiny_model.py)
-        env.update(MORPHOBENCH_PLUGINS="tiny_method",
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(PLUGINS), env.get("PYTHONPATH")])))
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=workdir)
+        run_env["MORPHOBENCH_PLUGINS"] = "tiny_method"
+        paths.append(str(PLUGINS))
+    if paths:
+        run_env["PYTHONPATH"] = os.pathsep.join(filter(None, [*paths, run_env.get("PYTHONPATH")]))
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=run_env, cwd=workdir,
+                          start_new_session=True)
 
 
 def write_config(path: Path, cfg: dict) -> Path:
