@@ -398,3 +398,31 @@ def check_report(workdir: Path, cfg: Path) -> None:
                      "Simulated screen", "TEAMs"):
         assert category in html, category
     assert not re.search(r"Error loading caption", res.stdout + res.stderr)
+
+
+def test_default_run_schedule_plan(tmp_path):
+    """The default run's schedule: torch jobs on half the cores (1 thread on 2 cores, at most 8 for
+    a training), the chain to the trainings first, and the greedy scheduler of profiles/default."""
+    import re
+
+    def plan(cores: int) -> dict[str, set[tuple[str, str]]]:
+        res = snakemake(tmp_path, "-n", "-p", "--cores", str(cores))
+        assert res.returncode == 0, res.stderr[-3000:]
+        jobs: dict[str, set[tuple[str, str]]] = {}
+        for block in re.split(r"\n(?=(?:local)?rule \w+:)", res.stdout + res.stderr):
+            m = re.match(r"(?:local)?rule (\w+):", block)
+            if m:
+                prio = re.search(r"priority: (\d+)", block)
+                threads = re.search(r"--threads (\d+)", block)
+                jobs.setdefault(m.group(1), set()).add((prio.group(1) if prio else "0",
+                                                        threads.group(1) if threads else "-"))
+        return jobs
+
+    small, big = plan(2), plan(16)
+    assert small["train"] == {("50", "1")} and big["train"] == {("50", "8")}
+    assert {t for _, t in small["embed_plate"]} == {"1"} and {t for _, t in big["embed_plate"]} == {"1", "2"}
+    for rule in ("split", "illum_calc", "segment", "crops", "crop_index"):
+        assert {p for p, _ in small[rule]} == {"50"}, rule
+    assert {p for p, _ in small["cp_features"]} == {"0"}   # the features fill the gaps
+    profile = yaml.safe_load((REPO / "profiles" / "default" / "config.yaml").read_text())
+    assert profile["scheduler"] == "greedy"
