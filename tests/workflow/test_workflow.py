@@ -126,9 +126,41 @@ def test_a_new_method_needs_one_registry_entry(tmp_path, resources_dir):
     assert bad.returncode != 0 and "tiny_ae" in bad.stdout + bad.stderr
 
 
+# the MAE family at tiny sizes: an MAE-ViT with the Fourier loss and the weakly supervised DenseNet
+# (AdaBN); CA-MAE, MU-Net and the plain MAE-ViT train and embed in tests/test_mae_training.py
+TINY_VIT = {"embed_dim": 32, "depth": 1, "num_heads": 2, "decoder_dim": 16, "decoder_heads": 2, "patch_size": 16,
+            "epochs": 2, "steps_per_epoch": 2, "batch_size": 4, "val_batches": 1}
+MAE_METHODS = [
+    {"name": "mae_vit_s16+", "params": TINY_VIT},
+    {"name": "wsl_densenet161_adabn", "params": {"growth_rate": 4, "block_config": [1, 1], "neck_hidden": 16,
+                                                 "ghost_batch": 2, "epochs": 2, "steps_per_epoch": 2,
+                                                 "batch_size": 4, "val_batches": 1}},
+]
+MAE_FIGURES = ("mae_loss_curves", "recall_vs_training_flops", "cp_r2_mae_vs_wsl",
+               "reconstructions_simulated_mae_vit_s16+")
+
+
+def check_mae_family(res: Path, trained: list[str]) -> None:
+    """The MAE family's rules after a run: training with FLOPs, tile embeddings (AdaBN adaptation for
+    the WSL model), the training-cost table of every trained method, the family's figures and splits."""
+    for m in (m["name"] for m in MAE_METHODS):
+        log = pd.read_csv(res / "simulated" / "models" / m / "train_log.tsv", sep="\t")
+        assert (log["train_flops"] > 0).all() and log["val_loss"].notna().all(), m
+        tiles = pd.read_parquet(res / "simulated" / "embeddings" / m / "tile.parquet")
+        assert len(tiles) > 0 and tiles.filter(like="emb_").shape[1] > 0, m
+    cost = pd.read_csv(res / "training_cost.tsv", sep="\t")
+    assert sorted(cost["method"]) == sorted(trained) and (cost["train_flops"] > 0).all()
+    assert (res / "training_cost.tsv.provenance.json").exists()
+    for f in MAE_FIGURES:
+        assert (res / "figures" / f"{f}.png").stat().st_size > 3000, f
+    splits = res / "simulated" / "splits"
+    assert (splits / "holdout_batches.tsv").exists() and (splits / "replicate_holdout.tsv").exists()
+
+
 def test_tiny_config_runs_end_to_end(tmp_path, resources_dir):
-    """The real Snakefile on the tiny screen with every kind of method: the baselines, a trained
-    plugin method and both bring-your-own kinds (a profiles parquet and a timm network)."""
+    """The real Snakefile on the tiny screen with every kind of method: the baselines, trained
+    methods (a plugin method, TEAMs, an MAE-ViT, the WSL DenseNet) and both bring-your-own kinds (a
+    profiles parquet and a timm network), to every table, figure and the report."""
     import morphobench.models  # noqa: F401  (torchvision/timm on CPU-only torch)
     import timm
     import torch
@@ -154,7 +186,7 @@ def test_tiny_config_runs_end_to_end(tmp_path, resources_dir):
                {"name": "my_profiles", "kind": "embeddings", "path": "data/my_wells.parquet"},
                {"name": "my_resnet", "kind": "timm", "arch": "resnet18", "weights": "data/resnet18.pth",
                 "input": "cell128"},
-               {"name": "shuffled", "params": {"source": "cellprofiler"}}]
+               {"name": "shuffled", "params": {"source": "cellprofiler"}}, *MAE_METHODS]
     # one correction for every method (TVN); the batch-correction table adds none/+arm for cellprofiler
     cfg = write_config(tmp_path / "tiny.yaml", {**base, "methods": methods, "corrections": ["tvn"]})
     res = snakemake(tmp_path, "--cores", "2", configfile=cfg, plugin=True)
@@ -174,7 +206,8 @@ def test_tiny_config_runs_end_to_end(tmp_path, resources_dir):
     assert (tmp_path / "results" / "figures" / "example_sites_simulated.png").stat().st_size > 10_000
     # every results table, with its key columns, one row per configured combination
     res = tmp_path / "results"
-    methods = ["random", "pixel_stats", "cellprofiler", "tiny_ae", "teams", "my_profiles", "my_resnet", "shuffled"]
+    methods = ["random", "pixel_stats", "cellprofiler", "tiny_ae", "teams", "my_profiles", "my_resnet", "shuffled",
+               *[m["name"] for m in MAE_METHODS]]
     corrections = ["tvn"]
     known = pd.read_csv(res / "known_relationships.tsv", sep="\t")
     assert list(known.columns[:8]) == ["dataset", "method", "correction", "source", "n_genes", "n_pairs",
@@ -246,6 +279,7 @@ def test_tiny_config_runs_end_to_end(tmp_path, resources_dir):
     for fig in ("teams_table2", "teams_table4", "teams_table6", "teams_umap/simulated/teams"):
         assert (res / "figures" / f"{fig}.png").stat().st_size > 5_000, fig
     assert not (res / "teams_table3.tsv").exists()  # two batches: no held-out-group table
+    check_mae_family(res, trained=["tiny_ae", "teams", *[m["name"] for m in MAE_METHODS]])
     # every rule wrote a log; no temporary files left behind
     assert any((tmp_path / "logs").rglob("*.log"))
     assert not [p for p in tmp_path.rglob("*.tmp")]
@@ -270,16 +304,19 @@ def test_cellprofiler_backend_and_materialized_illumination(tmp_path, resources_
     cfg["images"].update({"backend": "cellprofiler", "materialize_illum": True,
                           "cellprofiler_python": str(REPO / ".venv-cellprofiler" / "bin" / "python")})
     path = write_config(tmp_path / "cp.yaml", cfg)
-    targets = ["results/simulated/profiles/cellprofiler/well.parquet",
+    # one plate's chain (the rules are per plate; the gathers are the in-process backend's, tested
+    # in test_tiny_config_runs_end_to_end)
+    targets = ["results/simulated/cellprofiler/SIMB1P1.wells.parquet",
                "results/simulated/corrected/SIMB1P1.parquet"]
     res = snakemake(tmp_path, "--cores", "2", *targets, configfile=path)
     assert res.returncode == 0, res.stderr[-5000:]
     log = (tmp_path / "logs" / "simulated" / "segment" / "SIMB1P1.log").read_text()
     assert "cellprofiler" in log.lower() or "worker" in log.lower(), log[-2000:]
-    prof = pd.read_parquet(tmp_path / targets[0])
-    assert len(prof) > 0 and "Nuclei_AreaShape_Area" in prof.columns
-    objects = pd.read_parquet(tmp_path / "results/simulated/objects/SIMB1P1.parquet")
-    assert len(objects) > 0
+    wells = pd.read_parquet(tmp_path / targets[0])
+    assert len(wells) > 0 and "Nuclei_AreaShape_Area" in wells.columns
+    assert len(pd.read_parquet(tmp_path / "results/simulated/objects/SIMB1P1.parquet")) > 0  # segmentation
+    objects = pd.read_parquet(tmp_path / "results/simulated/cellprofiler/SIMB1P1.objects.parquet")
+    assert len(objects) > 0 and set(objects["Metadata_Well"]) <= set(wells["Metadata_Well"])
     corrected = pd.read_parquet(tmp_path / targets[1])
     first = corrected.iloc[0]
     assert Path(first["PathName_OrigDNA"], first["FileName_OrigDNA"]).exists() or \
