@@ -3,10 +3,12 @@ need no workflow globals)."""
 
 from __future__ import annotations
 
+import gc
 import os
 
 from morphobench.simulate.params import resolve_params
 from morphobench.workflow_helpers import (
+    fewer_full_collections,
     images_cmd,
     interpreter_first_on_path,
     is_arm_correction,
@@ -28,6 +30,18 @@ def test_interpreter_goes_first_on_path():
     empty: dict[str, str] = {}
     interpreter_first_on_path(empty, "/venv/bin/python")
     assert empty["PATH"].split(os.pathsep)[0] == "/venv/bin"
+
+
+def test_fewer_full_collections_keeps_the_young_generations():
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        fewer_full_collections()
+        assert gc.get_threshold() == (700, 10, 1000)
+        fewer_full_collections(50)
+        assert gc.get_threshold() == (700, 10, 50)
+    finally:
+        gc.set_threshold(*before)
 
 
 def test_simulated_plate_memory_grows_with_the_plate():

@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from morphobench.workflow_helpers import (  # noqa: E402
     dataset_plates,
+    fewer_full_collections,
     images_cmd,
     interpreter_first_on_path,
     is_arm_correction,
@@ -35,6 +36,11 @@ validate(config, schema=MB_METHODS.config_schema(Path(workflow.basedir) / "workf
 # (e.g. .venv/bin/python, also when the venv is not activated). Under --use-conda each job's
 # activated environment still comes first on PATH.
 interpreter_first_on_path()
+
+# Snakemake's own process: the DAG of a large screen is millions of objects that live until it
+# exits; the default full garbage collections, each over all of them, were about a fifth of the
+# CPU of `snakemake -n` at 1,000-2,000 plates (benchmarks/dag_scale.py).
+fewer_full_collections()
 
 from morphobench.io import config_hash as _config_hash  # noqa: E402
 
