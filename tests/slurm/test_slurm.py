@@ -1,6 +1,6 @@
 """SLURM for real: a single-node cluster on this machine (slurmctld + slurmd + munged, started
 and stopped by the test), and a small target of the real Snakefile run through
-``snakemake --profile profiles/slurm`` (snakemake-executor-plugin-slurm → sbatch).
+``snakemake --workflow-profile profiles/slurm`` (snakemake-executor-plugin-slurm → sbatch).
 
 Skips, saying why, only where the test cannot be root or apt cannot install slurm-wlm/munge.
 """
@@ -36,7 +36,7 @@ def test_snakemake_profile_runs_jobs_through_sbatch(tmp_path, resources_dir):
     target = "results/simulated/illum/SIMB1P1.npz"
     with SlurmCluster(tmp_path / "slurm") as cluster:
         cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
-               "--configfile", str(work / "config.yaml"), "--profile", str(REPO / "profiles" / "slurm"),
+               "--configfile", str(work / "config.yaml"), "--workflow-profile", str(REPO / "profiles" / "slurm"),
                # this cluster: one partition, no accounting (poll with squeue), fast first poll
                "--default-resources", "slurm_partition=main", "mem_mb=1000", "runtime=30",
                "--slurm-no-account", "--slurm-status-command", "squeue",

@@ -104,6 +104,26 @@ def test_bad_config_fails_validation_naming_the_key(tmp_path, patch, needle):
     assert needle in msg, msg
 
 
+def test_slurm_workflow_profile_keeps_its_resources(tmp_path, resources_dir):
+    """`--workflow-profile profiles/slurm` (the README's cluster command) replaces profiles/default:
+    every job gets the profile's account and partition, train its own; with `--profile` Snakemake
+    would still read profiles/default, whose default-resources win and drop them."""
+    cfg = write_config(tmp_path / "c.yaml", {"seed": 0, "resources": {"dir": str(resources_dir), "offline": True},
+                                            "datasets": {"simulated": {"loader": "simulated",
+                                                                       "simulate": {"preset": "tiny"}}}})
+    target = "results/simulated/illum/SIMB1P1.npz"
+    res = snakemake(tmp_path, "-n", "--workflow-profile", str(REPO / "profiles" / "slurm"), target, configfile=cfg)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert "profiles/default" not in out and "workflow specific profile" in out
+    jobs = [ln for ln in out.splitlines() if ln.strip().startswith("resources:")]
+    assert len(jobs) >= 3 and all("slurm_account=<your_account>" in ln and "slurm_partition=<your_partition>" in ln
+                                  for ln in jobs), jobs
+    # the local profile read as well (what --profile would do): the account is gone
+    res = snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles" / "slurm"), target, configfile=cfg)
+    assert res.returncode == 0 and "slurm_account" not in res.stdout + res.stderr
+
+
 def test_a_new_method_needs_one_registry_entry(tmp_path, resources_dir):
     """The plugin registers `tiny_ae` (one Method + its model file): with it in `methods:` the DAG
     has its split, training, per-plate embedding, profiles and a part of every evaluation."""
