@@ -234,11 +234,28 @@ def embed_plate_flags(w, input):
     return " ".join(f"--{k} {input[k]}" for k in ("illum", "crops", "model", "profiles") if k in input.keys())
 
 
+def run_cores():
+    """--cores of this run, or None without it (a cluster executor: `--jobs N`, each job on an
+    allocation of its own, sized by the rule's threads)."""
+    try:
+        return workflow.cores
+    except WorkflowError:  # Snakemake's "requires a total number of cores"
+        return None
+
+
+def cores_upto(cap):
+    """Threads of a job that uses every core it gets: the run's cores, at most ``cap`` (``cap`` on a
+    cluster)."""
+    cores = run_cores()
+    return cap if cores is None else max(1, min(cores, cap))
+
+
 def half_cores(cap):
-    """Threads of a torch job: half the cores, at least 1, at most ``cap``. On a small machine a
-    training or network embedding then runs beside another job (a second training, the image
-    stages) instead of alone at a torch thread efficiency of about 75 %."""
-    return max(1, min(workflow.cores // 2, cap))
+    """Threads of a torch job: half the cores, at least 1, at most ``cap`` (``cap`` on a cluster).
+    On a small machine a training or network embedding then runs beside another job (a second
+    training, the image stages) instead of alone at a torch thread efficiency of about 75 %."""
+    cores = run_cores()
+    return cap if cores is None else max(1, min(cores // 2, cap))
 
 
 def embed_threads(w):

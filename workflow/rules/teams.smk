@@ -30,7 +30,7 @@ rule teams_train_variant:
         "benchmarks/out/{dataset}/teams/{variant}/train_{method}.tsv"
     conda:
         "../../envs/morphobench.yaml"
-    threads: max(1, min(workflow.cores, 8))
+    threads: cores_upto(8)
     resources:
         mem_mb=16000,
         runtime=24 * 60,
