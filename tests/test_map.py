@@ -538,3 +538,19 @@ def test_bitmap_nulls_do_not_depend_on_chunks_or_threads(monkeypatch):
         np.testing.assert_array_equal(got[[0, 2]], ref)
     small = M.nulls._floyd_bitmap_null(700, 40, 300, 5, budget=64)      # many tiny chunks
     np.testing.assert_array_equal(small, ref[0])
+
+
+def test_compiled_bitmap_nulls_equal_numpy_steps():
+    """The compiled Floyd kernel (one list at a time, APs summed from its bitmap) draws the same
+    lists and sums the same terms as the NumPy bitmap steps: bitwise equal null APs, also with
+    many collisions (n_pos close to n_total) and word boundaries (n_total around 64)."""
+    kernels = M.options._kernels()
+    if kernels is None:
+        pytest.skip("numba not importable")
+    for k, total in [(40, 300), (63, 64), (64, 65), (60, 128), (200, 3000), (700, 701)]:
+        words = M.nulls._floyd_words(5, k, total, 400)
+        ref = M.nulls._floyd_bitmap_rows_numpy(words, 0, 400, k, total)
+        for s0, m in ((0, 400), (17, 100)):
+            got = np.empty(m)
+            kernels.floyd_bitmap_ap(words, s0, m, k, total, got, kernels._DEBRUIJN)
+            np.testing.assert_array_equal(got, ref[s0:s0 + m])

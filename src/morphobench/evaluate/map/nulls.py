@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from morphobench.evaluate.map.options import _n_threads, _progress, _run_jobs
+from morphobench.evaluate.map.options import _kernels, _n_threads, _progress, _run_jobs
 from morphobench.io import MorphobenchError
 
 DEFAULT_NULL_SIZE = 10_000
@@ -124,6 +124,18 @@ def _floyd_words(seed: int, n_pos: int, total: int, null_size: int) -> np.ndarra
 
 
 def _floyd_bitmap_rows(words: np.ndarray, s0: int, m: int, n_pos: int, total: int) -> np.ndarray:
+    """Null APs of lists ``s0 … s0+m`` by Floyd's algorithm on one bitmap per list: the compiled
+    kernel (one list at a time, its bitmap in cache) or, without numba, the NumPy steps of
+    :func:`_floyd_bitmap_rows_numpy` — the same values."""
+    kernels = _kernels()
+    if kernels is None:
+        return _floyd_bitmap_rows_numpy(words, s0, m, n_pos, total)
+    out = np.empty(m)
+    kernels.floyd_bitmap_ap(words, s0, m, n_pos, total, out, kernels._DEBRUIJN)
+    return out
+
+
+def _floyd_bitmap_rows_numpy(words: np.ndarray, s0: int, m: int, n_pos: int, total: int) -> np.ndarray:
     """Null APs of lists ``s0 … s0+m`` by Floyd's algorithm on one bitmap per list (one bit per
     position; O(n_pos) vectorized steps); positions collected as drawn, sorted per list."""
     k = n_pos
@@ -229,6 +241,8 @@ def _fast_nulls(confs: np.ndarray, null_size: int, seed: int, show_progress: boo
         else:
             out[idx[0]] = _large_null(null_size, k, int(confs[idx[0], 1]), seed)
 
+    if words:
+        _kernels()      # import (and load or compile) the kernels once, before the worker threads
     jobs.sort(key=lambda j: -len(j[2]) * j[1] * (j[4] if j[0] == "bitmap" else null_size))  # big first
     _run_jobs(run, list(_progress(jobs, "mAP: nulls", show_progress)))
     return out

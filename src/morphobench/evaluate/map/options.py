@@ -117,6 +117,18 @@ def _scratch(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
     return buf[:size].reshape(shape)
 
 
+def _kernels(enabled: bool = True):
+    """The compiled kernels (:mod:`morphobench.evaluate.map._kernels`), or None when numba is
+    not importable or ``enabled`` is False (the NumPy paths then run; same results)."""
+    if not enabled:
+        return None
+    try:
+        from morphobench.evaluate.map import _kernels as kernels
+    except ImportError:  # pragma: no cover - numba comes with umap-learn
+        return None
+    return kernels
+
+
 def _n_threads(threads: int | None = None) -> int:
     """Worker threads of the NumPy-heavy loops: ``MORPHOBENCH_MAP_THREADS`` or the usable CPUs
     (at most 4); ``threads`` (an option) overrides both."""
