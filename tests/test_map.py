@@ -554,3 +554,23 @@ def test_compiled_bitmap_nulls_equal_numpy_steps():
             got = np.empty(m)
             kernels.floyd_bitmap_ap(words, s0, m, k, total, got, kernels._DEBRUIJN)
             np.testing.assert_array_equal(got, ref[s0:s0 + m])
+
+
+PLATE_NEGATIVES = (["Metadata_Perturbation"], [], ["Metadata_Plate"], [])     # every other well of the plate
+
+
+@pytest.mark.parametrize("definition", ["dense_negatives", "plate_negatives"])
+@pytest.mark.parametrize("quant", [None, 1], ids=["continuous", "ties_q1"])
+def test_many_positive_members_of_symmetric_groups_equal_copairs(definition, quant):
+    """Queries of a symmetric group with more positives than thresholds allow (48 controls: 47
+    positives) are ranked by sorted rows of the group's GEMM: equal to copairs, with diffby
+    (same-perturbation entries masked) and without (self masked, positives across plates, a pair
+    both positive and negative listed twice)."""
+    meta, x = screen(n_ctrl=12, quant=quant, d=6 if quant else 16, seed=41)
+    args = DEFINITIONS[definition] if definition in DEFINITIONS else PLATE_NEGATIVES
+    opts = M.MapOptions(symmetric_min=1, tile=29, max_entries=500)
+    A = __import__("sys").modules["morphobench.evaluate.map.average_precision"]
+    n_pos = M.average_precision(meta, x, *args, no_negatives="keep")["n_pos_pairs"].to_numpy()
+    assert (n_pos > A._SYM_MAX_POS).sum() >= 12
+    _cmp_ap(meta, x, args, options=opts)
+

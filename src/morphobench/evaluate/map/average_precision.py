@@ -180,7 +180,7 @@ def normalize_ap(ap: np.ndarray, n_pos: np.ndarray, n_total: np.ndarray, eps: fl
 # ----------------------------------------------------------------------------------------------
 # the dense design: symmetric tiles
 # ----------------------------------------------------------------------------------------------
-_SYM_MAX_POS = 32      # queries with more positives than this take the general (sorting) path
+_SYM_MAX_POS = 32      # group queries with more positives: sorted rows of the group's GEMM
 
 
 def _ordinal(x: np.ndarray) -> np.ndarray:
@@ -345,10 +345,80 @@ def _symmetric_group_ap(xg: np.ndarray, members: np.ndarray, na: int, pos_def: P
     cnt = counts[0]
     for c in counts[1:]:
         cnt += c
-    qi = np.repeat(np.arange(na), kq)
-    slot = np.arange(len(qi)) - np.repeat(np.cumsum(kq) - kq, kq)
+    return _rank_ap(cnt, kq)
+
+
+def _rank_ap(cnt: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """AP of queries from ``cnt[i, j]`` = #negatives ranked above the (j+1)-th of the ``k[i]``
+    positives of query i: the mean of r / (r + c), summed in rank order (as ``np.bincount``)."""
+    qi = np.repeat(np.arange(len(k)), k)
+    slot = np.arange(len(qi)) - np.repeat(np.cumsum(k) - k, k)
     r = slot + 1
-    return np.bincount(qi, weights=r / (r + cnt[qi, slot]), minlength=na) / kq
+    return np.bincount(qi, weights=r / (r + cnt[qi, slot]), minlength=len(k)) / k
+
+
+def _group_rows_ap(xg: np.ndarray, members: np.ndarray, rows: np.ndarray, pos_def: PairDefinition,
+                   neg_def: PairDefinition, sim: Similarity, opts: MapOptions) -> np.ndarray:
+    """AP of the group members ``members[rows]`` that are queries with many positives (too many
+    for thresholds), against the whole group: blocks of their rows × all members (``xg``, the
+    group's unit vectors in ``members`` order) as float64 GEMMs, non-pairs masked (−inf: a key
+    above every key), each row's keys sorted and its positives' keys (from
+    :meth:`Similarity.entries`, in rank order) located in it: c = #{negative keys < key}.
+    Memory: chunks of at most ``max_entries`` positives, GEMM blocks of ``max_entries`` values."""
+    m = len(members)
+    q = members[rows]
+    kq = pos_def.count[q]
+    sub = neg_def.sub[members] if neg_def.has_diff else None
+    rest = [code[members] for code in neg_def.rest]
+    ap = np.empty(len(q))
+    b = max(1, opts.max_entries // max(1, m))
+    acc = np.cumsum(kq)
+    s0 = 0
+    while s0 < len(q):                      # chunks of queries: their positives' keys, then GEMMs
+        s1 = max(s0 + 1, int(np.searchsorted(acc, (acc[s0 - 1] if s0 else 0) + opts.max_entries, side="right")))
+        qq = q[s0:s1]
+        kk = kq[s0:s1]
+        kmax = int(kk.max())
+        pqi, pp = pos_def.entries(qq)
+        ps = sim.entries(qq[pqi], pp, pos_def.gid[qq[pqi]], pos_def)
+        comp = np.sort((pqi.astype(np.uint64) << np.uint64(32)) | rank_keys(ps).astype(np.uint64))
+        del pqi, pp, ps
+        qi = (comp >> np.uint64(32)).astype(np.int64)
+        slot = np.arange(len(qi)) - (np.cumsum(kk) - kk)[qi]
+        pos_keys = np.zeros((len(qq), kmax), dtype=np.uint32)     # rank order per query
+        pos_keys[qi, slot] = (comp & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+        del comp, qi, slot
+        blocks = [(b0, min(len(qq), b0 + b)) for b0 in range(0, len(qq), b)]
+
+        def run(part, s0=s0, kk=kk, pos_keys=pos_keys):
+            for b0, b1 in part:
+                r = rows[s0 + b0:s0 + b1]
+                s = xg[r] @ xg.T
+                if sub is not None:
+                    bad = sub[r][:, None] == sub[None, :]
+                else:
+                    bad = np.zeros(s.shape, dtype=bool)
+                    bad[np.arange(len(r)), r] = True
+                for code in rest:
+                    bad |= code[r][:, None] == code[None, :]
+                np.putmask(s, bad, -np.inf)
+                keys = rank_keys(s)
+                del s, bad
+                keys.sort(axis=1)
+                cnt = np.zeros((b1 - b0, pos_keys.shape[1]), dtype=np.int64)
+                for i in range(b1 - b0):
+                    k = kk[b0 + i]
+                    cnt[i, :k] = np.searchsorted(keys[i], pos_keys[b0 + i, :k], side="left")
+                ap[s0 + b0:s0 + b1] = _rank_ap(cnt, kk[b0:b1])
+
+        nt = max(1, min(_n_threads(opts.threads), len(blocks)))
+        if nt > 1:          # one BLAS thread per worker (the limit is process-wide: set it once)
+            with _single_thread_blas():
+                _run_jobs(run, [blocks[i::nt] for i in range(nt)], opts.threads)
+        else:
+            run(blocks)
+        s0 = s1
+    return ap
 
 
 # ----------------------------------------------------------------------------------------------
@@ -427,8 +497,8 @@ def average_precision(
     # from symmetric tiles; their members come first in the unit-vector store, in tile order
     sym = _symmetric_groups(neg_def, n_pos, opts)
     in_sym = np.zeros(n, dtype=bool)
-    for members, na in sym:
-        in_sym[members[:na]] = True
+    for members, _ in sym:
+        in_sym[members[n_pos[members] > 0]] = True      # the other queries: sorted rows
     # other queries with positives, ordered by their negative-pair group so that a block's
     # negatives fall in few groups (one GEMM each); blocks bounded by their exact number of pairs
     queries = neg_def.query_order(np.flatnonzero((n_pos > 0) & ~in_sym))
@@ -445,8 +515,11 @@ def average_precision(
     sim = Similarity(xn, rows=perm, opts=opts)
     offset = 0
     for members, na in _progress(sym, "mAP: symmetric groups", show_progress):
-        q = members[:na]
-        ap[q] = _symmetric_group_ap(xn[offset:offset + len(members)], members, na, pos_def, neg_def, sim, opts)
+        xg = xn[offset:offset + len(members)]
+        ap[members[:na]] = _symmetric_group_ap(xg, members, na, pos_def, neg_def, sim, opts)
+        many = na + np.flatnonzero(n_pos[members[na:]] > 0)
+        if len(many):
+            ap[members[many]] = _group_rows_ap(xg, members, many, pos_def, neg_def, sim, opts)
         offset += len(members)
     acc = np.cumsum(n_pos[queries] + n_neg[queries])
     cuts = [0]
