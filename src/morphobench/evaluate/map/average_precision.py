@@ -357,58 +357,97 @@ def _rank_ap(cnt: np.ndarray, k: np.ndarray) -> np.ndarray:
     return np.bincount(qi, weights=r / (r + cnt[qi, slot]), minlength=len(k)) / k
 
 
+def _group_masks(defn: PairDefinition, members: np.ndarray, r: np.ndarray, c0: int, c1: int) -> np.ndarray:
+    """Which (row ``r[i]``, member ``c0 + e``) are pairs of ``defn`` in the group ``members``
+    (``r``: indices into ``members``): same ``sameby`` group, different in every ``diffby``
+    column, not the profile itself."""
+    p, q = members[r], members[c0:c1]
+    ok = defn.gid[p][:, None] == defn.gid[q][None, :]
+    if defn.has_diff:
+        ok &= defn.sub[p][:, None] != defn.sub[q][None, :]
+    for code in defn.rest:
+        ok &= code[p][:, None] != code[q][None, :]
+    if not defn.has_diff:
+        inside = (r >= c0) & (r < c1)
+        ok[np.flatnonzero(inside), r[inside] - c0] = False
+    return ok
+
+
 def _group_rows_ap(xg: np.ndarray, members: np.ndarray, rows: np.ndarray, pos_def: PairDefinition,
-                   neg_def: PairDefinition, sim: Similarity, opts: MapOptions) -> np.ndarray:
+                   neg_def: PairDefinition, sim: Similarity, opts: MapOptions,
+                   pos_inside: bool = False) -> np.ndarray:
     """AP of the group members ``members[rows]`` that are queries with many positives (too many
     for thresholds), against the whole group: blocks of their rows × all members (``xg``, the
-    group's unit vectors in ``members`` order) as float64 GEMMs, non-pairs masked (−inf: a key
-    above every key), each row's keys sorted and its positives' keys (from
-    :meth:`Similarity.entries`, in rank order) located in it: c = #{negative keys < key}.
-    Memory: chunks of at most ``max_entries`` positives, GEMM blocks of ``max_entries`` values."""
+    group's unit vectors in ``members`` order) as float64 GEMMs; per row the negatives' keys and
+    the positives' keys sorted together as ``key·2 + is_negative`` (ties rank positives first,
+    non-pairs last) and each positive's position read off the sorted row: r + c.
+
+    With ``pos_inside`` (all positive partners of these queries are group members) the
+    positives' similarities are the same GEMM rows; else they come from
+    :meth:`Similarity.entries` (in chunks of at most ``max_entries`` positives). Memory: GEMM
+    blocks of about ``max_entries`` values."""
     m = len(members)
     q = members[rows]
     kq = pos_def.count[q]
-    sub = neg_def.sub[members] if neg_def.has_diff else None
-    rest = [code[members] for code in neg_def.rest]
     ap = np.empty(len(q))
-    b = max(1, opts.max_entries // max(1, m))
+    pad = np.uint32(0xFFFFFFFF)                  # odd (not a positive), above every entry
     acc = np.cumsum(kq)
     s0 = 0
-    while s0 < len(q):                      # chunks of queries: their positives' keys, then GEMMs
-        s1 = max(s0 + 1, int(np.searchsorted(acc, (acc[s0 - 1] if s0 else 0) + opts.max_entries, side="right")))
-        qq = q[s0:s1]
+    while s0 < len(q):             # chunks of queries (their positives' keys when not inside)
+        s1 = len(q) if pos_inside else \
+            max(s0 + 1, int(np.searchsorted(acc, (acc[s0 - 1] if s0 else 0) + opts.max_entries, side="right")))
         kk = kq[s0:s1]
         kmax = int(kk.max())
-        pqi, pp = pos_def.entries(qq)
-        ps = sim.entries(qq[pqi], pp, pos_def.gid[qq[pqi]], pos_def)
-        comp = np.sort((pqi.astype(np.uint64) << np.uint64(32)) | rank_keys(ps).astype(np.uint64))
-        del pqi, pp, ps
-        qi = (comp >> np.uint64(32)).astype(np.int64)
-        slot = np.arange(len(qi)) - (np.cumsum(kk) - kk)[qi]
-        pos_keys = np.zeros((len(qq), kmax), dtype=np.uint32)     # rank order per query
-        pos_keys[qi, slot] = (comp & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-        del comp, qi, slot
-        blocks = [(b0, min(len(qq), b0 + b)) for b0 in range(0, len(qq), b)]
+        pos_comp = None
+        if not pos_inside:
+            qq = q[s0:s1]
+            pqi, pp = pos_def.entries(qq)
+            ps = sim.entries(qq[pqi], pp, pos_def.gid[qq[pqi]], pos_def)
+            comp = np.sort((pqi.astype(np.uint64) << np.uint64(32)) | rank_keys(ps).astype(np.uint64))
+            del pqi, pp, ps
+            qi = (comp >> np.uint64(32)).astype(np.int64)
+            slot = np.arange(len(qi)) - (np.cumsum(kk) - kk)[qi]
+            pos_comp = np.full((len(qq), kmax), pad, dtype=np.uint32)
+            pos_comp[qi, slot] = (comp & np.uint64(0xFFFFFFFF)).astype(np.uint32) << np.uint32(1)
+            del comp, qi, slot
+        # blocks of rows (up to 256: each GEMM packs the group's vectors once per block) whose
+        # sorted rows hold ~8·max_entries keys; GEMMs over chunks of ~max_entries similarities
+        b = int(np.clip(8 * opts.max_entries // (m + kmax), 1, 256))
+        cw = max(64, opts.max_entries // b)
+        blocks = [(b0, min(s1 - s0, b0 + b)) for b0 in range(0, s1 - s0, b)]
 
-        def run(part, s0=s0, kk=kk, pos_keys=pos_keys):
+        def run(part, s0=s0, kk=kk, kmax=kmax, pos_comp=pos_comp, cw=cw):
             for b0, b1 in part:
                 r = rows[s0 + b0:s0 + b1]
-                s = xg[r] @ xg.T
-                if sub is not None:
-                    bad = sub[r][:, None] == sub[None, :]
+                nb = b1 - b0
+                xr = xg[r]
+                comp = np.empty((nb, m + kmax), dtype=np.uint32)
+                if pos_comp is None:
+                    comp[:, m:] = pad
+                    filled = np.zeros(nb, dtype=np.int64)
                 else:
-                    bad = np.zeros(s.shape, dtype=bool)
-                    bad[np.arange(len(r)), r] = True
-                for code in rest:
-                    bad |= code[r][:, None] == code[None, :]
-                np.putmask(s, bad, -np.inf)
-                keys = rank_keys(s)
-                del s, bad
-                keys.sort(axis=1)
-                cnt = np.zeros((b1 - b0, pos_keys.shape[1]), dtype=np.int64)
-                for i in range(b1 - b0):
-                    k = kk[b0 + i]
-                    cnt[i, :k] = np.searchsorted(keys[i], pos_keys[b0 + i, :k], side="left")
+                    comp[:, m:] = pos_comp[b0:b1]
+                for c0 in range(0, m, cw):
+                    c1 = min(m, c0 + cw)
+                    keys = rank_keys(xr @ xg[c0:c1].T)
+                    part_ = comp[:, c0:c1]
+                    np.left_shift(keys, np.uint32(1), out=part_)
+                    part_ |= np.uint32(1)
+                    np.putmask(part_, ~_group_masks(neg_def, members, r, c0, c1), pad)
+                    if pos_comp is None:       # positives from the same rows
+                        rr, cc = np.nonzero(_group_masks(pos_def, members, r, c0, c1))
+                        per = np.bincount(rr, minlength=nb)
+                        comp[rr, m + filled[rr] + np.arange(len(rr)) - (np.cumsum(per) - per)[rr]] = \
+                            keys[rr, cc] << np.uint32(1)
+                        filled += per
+                    del keys
+                comp.sort(axis=1)
+                at = np.flatnonzero((comp & np.uint32(1)) == 0)
+                rr, at = at // (m + kmax), at % (m + kmax)
+                per = np.bincount(rr, minlength=nb)
+                slot = np.arange(len(rr)) - (np.cumsum(per) - per)[rr]
+                cnt = np.zeros((nb, kmax), dtype=np.int64)
+                cnt[rr, slot] = at - slot                   # negatives ranked above
                 ap[s0 + b0:s0 + b1] = _rank_ap(cnt, kk[b0:b1])
 
         nt = max(1, min(_n_threads(opts.threads), len(blocks)))
@@ -519,7 +558,13 @@ def average_precision(
         ap[members[:na]] = _symmetric_group_ap(xg, members, na, pos_def, neg_def, sim, opts)
         many = na + np.flatnonzero(n_pos[members[na:]] > 0)
         if len(many):
-            ap[members[many]] = _group_rows_ap(xg, members, many, pos_def, neg_def, sim, opts)
+            # positives inside the group: their similarities come with the group's GEMM rows
+            inner = PairDefinition({c: codes[c][members] for c in pos_sameby + pos_diffby}, pos_sameby,
+                                   pos_diffby, len(members)).count[many] == n_pos[members[many]]
+            for flag in (True, False):
+                sel = many[inner == flag]
+                if len(sel):
+                    ap[members[sel]] = _group_rows_ap(xg, members, sel, pos_def, neg_def, sim, opts, flag)
         offset += len(members)
     acc = np.cumsum(n_pos[queries] + n_neg[queries])
     cuts = [0]
