@@ -1,5 +1,9 @@
 """Compiled (numba) kernels of the mAP engine's hot loops:
 
+* :func:`tile_counts` — one pass over a float32 similarity tile of the dense design counting,
+  for each row (and column) query, the negatives ranked above each of its positives, exactly:
+  float32 values farther from a threshold than the float32 GEMM's error bound decide by
+  themselves, the few others by their float64 similarity;
 * :func:`floyd_bitmap_ap` — the fast null's Floyd draws on a one-bit-per-position bitmap per
   list (cache resident), APs summed in rank order from the bitmap (no sort).
 
@@ -13,7 +17,120 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["floyd_bitmap_ap"]
+__all__ = ["tile_counts", "floyd_bitmap_ap", "warm_up"]
+
+
+@njit(nogil=True, cache=True, boundscheck=False)
+def _dot(x: np.ndarray, a: int, b: int) -> float:
+    """float64 dot product of rows ``a`` and ``b`` of ``x`` (four interleaved partial sums)."""
+    d = x.shape[1]
+    s0 = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    s3 = 0.0
+    t = 0
+    while t + 4 <= d:
+        s0 += x[a, t] * x[b, t]
+        s1 += x[a, t + 1] * x[b, t + 1]
+        s2 += x[a, t + 2] * x[b, t + 2]
+        s3 += x[a, t + 3] * x[b, t + 3]
+        t += 4
+    while t < d:
+        s0 += x[a, t] * x[b, t]
+        t += 1
+    return (s0 + s1) + (s2 + s3)
+
+
+@njit(nogil=True, cache=True, boundscheck=False)
+def tile_counts(s, x, r0, c0, row_thr, row_lo, row_hi, row_k, cnt_rows,
+                col_thr, col_lo, col_hi, col_kmax, cnt_cols):
+    """Count, in the float32 tile ``s`` (rows ``r0 …``, columns ``c0 …`` of the group; non-pairs
+    −inf), the entries ranking above each threshold.
+
+    Row ``i`` has ``row_k[r0+i]`` thresholds ``row_thr[r0+i, j]`` (float64; an entry of exact
+    similarity t ranks above iff ``t > θ``) bracketed by float32 ``row_lo < θ < row_hi``, farther
+    from θ than the tile's error bound: ``s > hi`` counts, ``s ≤ lo`` does not, and an entry in
+    between is decided by its float64 similarity ``x[r0+i]·x[c0+e]``. Counts are added to
+    ``cnt_rows[r0+i, j]``. With ``col_kmax > 0`` the columns are queries too: thresholds
+    ``col_thr[j, c0+e]`` (j < col_kmax, +inf padded), counts added to ``cnt_cols[j, c0+e]``,
+    counted over blocks of rows (per-column accumulators of a block stay in cache; a column's
+    entries within the bound are looked up in the block only)."""
+    nr, nc = s.shape
+    chunk = 128
+    for i in range(nr):
+        gi = r0 + i
+        row = s[i]
+        for j in range(row_k[gi]):
+            lo = row_lo[gi, j]
+            hi = row_hi[gi, j]
+            total = 0
+            for e0 in range(0, nc, chunk):          # chunks: a rescan stays in L1
+                e1 = min(nc, e0 + chunk)
+                n_hi = 0
+                n_lo = 0
+                for e in range(e0, e1):
+                    v = row[e]
+                    n_hi += v > hi
+                    n_lo += v > lo
+                if n_lo != n_hi:                    # entries within the error bound: float64
+                    t = row_thr[gi, j]
+                    for e in range(e0, e1):
+                        v = row[e]
+                        if (v > lo) & (v <= hi):
+                            if _dot(x, gi, c0 + e) > t:
+                                n_hi += 1
+                total += n_hi
+            cnt_rows[gi, j] += total
+    if col_kmax == 0:
+        return
+    # columns: per block of rows, counts above hi (low 16 bits) and above lo (high 16 bits) of
+    # each (threshold, column) in one int32, four rows per pass over the accumulators
+    acc = np.zeros((col_kmax, nc), dtype=np.int32)
+    block = 32
+    for b0 in range(0, nr, block):
+        b1 = min(nr, b0 + block)
+        i = b0
+        while i + 4 <= b1:
+            s0 = s[i]
+            s1 = s[i + 1]
+            s2 = s[i + 2]
+            s3 = s[i + 3]
+            for j in range(col_kmax):
+                hj = col_hi[j, c0:c0 + nc]
+                lj = col_lo[j, c0:c0 + nc]
+                aj = acc[j]
+                for e in range(nc):
+                    h = hj[e]
+                    lo = lj[e]
+                    aj[e] += (np.int32(s0[e] > h) + np.int32(s1[e] > h) + np.int32(s2[e] > h)
+                              + np.int32(s3[e] > h)) + ((np.int32(s0[e] > lo) + np.int32(s1[e] > lo)
+                                                         + np.int32(s2[e] > lo) + np.int32(s3[e] > lo)) << 16)
+            i += 4
+        while i < b1:
+            s0 = s[i]
+            for j in range(col_kmax):
+                hj = col_hi[j, c0:c0 + nc]
+                lj = col_lo[j, c0:c0 + nc]
+                aj = acc[j]
+                for e in range(nc):
+                    v = s0[e]
+                    aj[e] += np.int32(v > hj[e]) + (np.int32(v > lj[e]) << 16)
+            i += 1
+        for j in range(col_kmax):
+            for e in range(nc):
+                w = acc[j, e]
+                h = w & 0xFFFF
+                if (w >> 16) != h:                 # entries within the error bound: float64
+                    lo = col_lo[j, c0 + e]
+                    hi = col_hi[j, c0 + e]
+                    t = col_thr[j, c0 + e]
+                    for i in range(b0, b1):
+                        v = s[i, e]
+                        if (v > lo) & (v <= hi):
+                            if _dot(x, r0 + i, c0 + e) > t:
+                                h += 1
+                cnt_cols[j, c0 + e] += h
+                acc[j, e] = 0
 
 
 # de Bruijn table: index of the lowest set bit of a uint64
@@ -53,3 +170,14 @@ def floyd_bitmap_ap(words, s0, m, n_pos, total, out, debruijn):
                 acc += i / (p + 1.0)
                 w ^= low
         out[s] = acc / n_pos
+
+
+def warm_up() -> None:
+    """Load (or compile and cache) every kernel for the argument types the engine passes."""
+    f32, f64, i64 = np.float32, np.float64, np.int64
+    s = np.zeros((2, 2), f32)
+    thr = np.zeros((2, 1), f64)
+    lim = np.zeros((2, 1), f32)
+    tile_counts(s, np.zeros((2, 3), f64), 0, 0, thr, lim, lim, np.ones(2, i64), np.zeros((2, 1), i64),
+                np.zeros((1, 2), f64), np.zeros((1, 2), f32), np.zeros((1, 2), f32), 1, np.zeros((1, 2), i64))
+    floyd_bitmap_ap(np.zeros((2, 1), np.uint32), 0, 1, 2, 10, np.empty(1), _DEBRUIJN)

@@ -19,6 +19,7 @@ import pandas as pd
 from morphobench.evaluate.map.options import (
     DEFAULT_OPTIONS,
     MapOptions,
+    _kernels,
     _n_threads,
     _progress,
     _run_jobs,
@@ -289,7 +290,9 @@ def _symmetric_group_ap(xg: np.ndarray, members: np.ndarray, na: int, pos_def: P
     Each positive's similarity becomes a float64 threshold (:func:`key_thresholds`); the group's
     similarity matrix is computed once per unordered tile pair (I ≤ J) — never stored whole —
     and each tile counts, for its rows and (off the diagonal) its columns, the negatives above
-    every threshold. AP = mean over positives (rank r among them) of r / (r + c)."""
+    every threshold: float32 tiles counted by the compiled kernel (exact: entries within the
+    float32 error bound of a threshold are decided in float64) or float64 NumPy tiles.
+    AP = mean over positives (rank r among them) of r / (r + c)."""
     m = len(members)
     q = members[:na]
     kq = pos_def.count[q]
@@ -308,14 +311,92 @@ def _symmetric_group_ap(xg: np.ndarray, members: np.ndarray, na: int, pos_def: P
         thr[s0 + qi, slot] = key_thresholds(ps[order])
     runs = _SubRuns(neg_def.sub[members]) if neg_def.has_diff else None
     rest = [code[members] for code in neg_def.rest]
+    kernels = _kernels(opts.compiled, saves_s=na * (m - na / 2) * 1.5e-8) if opts.backend == "numpy" else None
+    if kernels is not None:
+        cnt = _symmetric_counts_f32(kernels, xg, na, thr, kq, runs, rest, opts)
+    else:
+        cnt = _symmetric_counts_f64(xg, na, thr, kq, runs, rest, opts)
+    return _rank_ap(cnt, kq)
+
+
+def _tile_jobs(na: int, m: int, t: int) -> list[tuple[int, int, int, int]]:
+    """The tiles (r0, r1, c0, c1) of the upper triangle (c0 ≥ r0) of the ``na`` query rows × all
+    ``m`` columns; no tile straddles column ``na``."""
+    rcuts = list(range(0, na, t)) + [na]
+    ccuts = rcuts[:-1] + list(range(na, m, t)) + [m]
+    return [(r0, r1, c0, c1) for r0, r1 in pairwise(rcuts) for c0, c1 in pairwise(ccuts) if c0 >= r0]
+
+
+def _f32_margin(d: int) -> float:
+    """A bound on |float32 cosine − float64 cosine| of unit rows with ``d`` features: rounding
+    the rows to float32 moves a dot product by ≤ (2u + u²)·Σ|x_i y_i|, a float32 dot product (any
+    summation order, FMA or not) is within γ_d·Σ|x_i y_i| of the exact one of its operands, with
+    u = 2^-24, γ_d = d·u/(1 − d·u) and Σ|x_i y_i| ≤ ‖x‖‖y‖ ≤ 1 + 2^-40; a float64 one within
+    2·d·2^-53 of the exact one (any order); plus d·2^-140 for float32 subnormals; 1 % slack."""
+    u = 2.0 ** -24
+    norms = 1 + 2.0 ** -40
+    bound = (d * u / (1 - d * u) * (1 + u) ** 2 + 2 * u + u * u) * norms + 2 * d * 2.0 ** -53 + d * 2.0 ** -140
+    return 1.01 * bound
+
+
+def _symmetric_counts_f32(kernels, xg: np.ndarray, na: int, thr: np.ndarray, kq: np.ndarray,
+                          runs: _SubRuns | None, rest: list, opts: MapOptions) -> np.ndarray:
+    """Per query and positive slot, the negatives ranked above (``t > θ``), from float32 tiles
+    counted by the compiled kernel: a float32 similarity more than :func:`_f32_margin` above
+    (below) θ is (is not) above it in float64; the few within the margin are decided by their
+    float64 similarity. Exactly the counts of :func:`_symmetric_counts_f64`."""
+    m, d = xg.shape
+    kmax = thr.shape[1]
+    x32 = xg.astype(np.float32)
+    delta = _f32_margin(d)
+    with np.errstate(invalid="ignore", over="ignore"):
+        lo64, hi64 = thr - delta, thr + delta
+        lo = lo64.astype(np.float32)
+        hi = hi64.astype(np.float32)
+    lo = np.where(lo > lo64, np.nextafter(lo, np.float32(-np.inf)), lo)   # round outwards
+    hi = np.where(hi < hi64, np.nextafter(hi, np.float32(np.inf)), hi)
+    row_k = kq.astype(np.int64)
+    col_thr, col_lo, col_hi = (np.ascontiguousarray(a.T) for a in (thr, lo, hi))
+    t = max(1, min(opts.tile, opts.compiled_tile, max(256, -(-na // 12))))
+    jobs = _tile_jobs(na, m, t)
+    nt = max(1, min(_n_threads(opts.threads), len(jobs)))
+    parts = [jobs[i::nt] for i in range(nt)]
+    counts = [None] * nt
+
+    def run(i):
+        cnt_rows = np.zeros((na, kmax), dtype=np.int64)
+        cnt_cols = np.zeros((kmax, na), dtype=np.int64)
+        buf = np.empty(t * t, dtype=np.float32)
+        for r0, r1, c0, c1 in parts[i]:
+            s = np.matmul(x32[r0:r1], x32[c0:c1].T, out=buf[:(r1 - r0) * (c1 - c0)].reshape(r1 - r0, c1 - c0))
+            _tile_mask(s, r0, r1, c0, c1, runs, rest)
+            col_kmax = int(kq[c0:c1].max()) if c0 > r0 and c1 <= na else 0
+            kernels.tile_counts(s, xg, r0, c0, thr, lo, hi, row_k, cnt_rows,
+                                col_thr, col_lo, col_hi, col_kmax, cnt_cols)
+        cnt_rows += cnt_cols.T
+        counts[i] = cnt_rows
+
+    if nt > 1:              # one BLAS thread per worker (the limit is process-wide: set it once)
+        with _single_thread_blas():
+            _run_jobs(run, list(range(nt)), opts.threads)
+    else:
+        run(0)
+    cnt = counts[0]
+    for c in counts[1:]:
+        cnt += c
+    return cnt
+
+
+def _symmetric_counts_f64(xg: np.ndarray, na: int, thr: np.ndarray, kq: np.ndarray,
+                          runs: _SubRuns | None, rest: list, opts: MapOptions) -> np.ndarray:
+    """Per query and positive slot, the negatives ranked above (``t > θ``), from float64 tiles
+    (NumPy)."""
+    m = len(xg)
+    kmax = thr.shape[1]
     # tiles of at most opts.tile rows, smaller for small groups (the diagonal tiles compute both
     # triangles: about 12 tiles per side keep that waste under ~5 %)
     t = max(1, min(opts.tile, max(256, -(-na // 12))))
-    rcuts = list(range(0, na, t)) + [na]
-    ccuts = rcuts[:-1] + list(range(na, m, t)) + [m]
-    rows_t = list(pairwise(rcuts))
-    cols_t = list(pairwise(ccuts))
-    jobs = [(r0, r1, c0, c1) for r0, r1 in rows_t for c0, c1 in cols_t if c0 >= r0]
+    jobs = _tile_jobs(na, m, t)
     nt = max(1, min(_n_threads(opts.threads), len(jobs)))
     parts = [jobs[i::nt] for i in range(nt)]
     counts = [None] * nt
@@ -345,7 +426,7 @@ def _symmetric_group_ap(xg: np.ndarray, members: np.ndarray, na: int, pos_def: P
     cnt = counts[0]
     for c in counts[1:]:
         cnt += c
-    return _rank_ap(cnt, kq)
+    return cnt
 
 
 def _rank_ap(cnt: np.ndarray, k: np.ndarray) -> np.ndarray:

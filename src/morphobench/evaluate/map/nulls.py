@@ -123,11 +123,16 @@ def _floyd_words(seed: int, n_pos: int, total: int, null_size: int) -> np.ndarra
     return words[:k * s].reshape(k, s)
 
 
-def _floyd_bitmap_rows(words: np.ndarray, s0: int, m: int, n_pos: int, total: int) -> np.ndarray:
+def _bitmap_kernels(steps: int):
+    """The compiled kernels for ``steps`` Floyd steps of bitmap nulls, or None (NumPy steps):
+    when loaded, or when they save more than loading them costs (~50 ns a step)."""
+    return _kernels(None, saves_s=steps * 5e-8)
+
+
+def _floyd_bitmap_rows(words: np.ndarray, s0: int, m: int, n_pos: int, total: int, kernels=None) -> np.ndarray:
     """Null APs of lists ``s0 … s0+m`` by Floyd's algorithm on one bitmap per list: the compiled
-    kernel (one list at a time, its bitmap in cache) or, without numba, the NumPy steps of
+    ``kernels`` (one list at a time, its bitmap in cache) or, without, the NumPy steps of
     :func:`_floyd_bitmap_rows_numpy` — the same values."""
-    kernels = _kernels()
     if kernels is None:
         return _floyd_bitmap_rows_numpy(words, s0, m, n_pos, total)
     out = np.empty(m)
@@ -170,9 +175,10 @@ def _floyd_bitmap_null(null_size: int, n_pos: int, total: int, seed: int, budget
     """Floyd's algorithm as in :func:`_floyd_nulls` (same words, same draws, same positions) for
     many positives, with a bitmap per list (:func:`_floyd_bitmap_rows`)."""
     words = _floyd_words(seed, n_pos, total, null_size)
+    kernels = _bitmap_kernels(n_pos * null_size)
     out = np.empty(null_size)
     for s0, m in _bitmap_chunks(null_size, total, budget=budget):
-        out[s0:s0 + m] = _floyd_bitmap_rows(words, s0, m, n_pos, total)
+        out[s0:s0 + m] = _floyd_bitmap_rows(words, s0, m, n_pos, total, kernels)
     return out
 
 
@@ -237,12 +243,12 @@ def _fast_nulls(confs: np.ndarray, null_size: int, seed: int, show_progress: boo
             out[idx] = _floyd_nulls(k, confs[idx, 1], null_size, seed)
         elif kind == "bitmap":
             s0, m = job[3:]
-            out[idx[0], s0:s0 + m] = _floyd_bitmap_rows(words[idx[0]], s0, m, k, int(confs[idx[0], 1]))
+            out[idx[0], s0:s0 + m] = _floyd_bitmap_rows(words[idx[0]], s0, m, k, int(confs[idx[0], 1]), kernels)
         else:
             out[idx[0]] = _large_null(null_size, k, int(confs[idx[0], 1]), seed)
 
-    if words:
-        _kernels()      # import (and load or compile) the kernels once, before the worker threads
+    # compiled Floyd steps (imported and loaded here, before the worker threads) when they pay off
+    kernels = _bitmap_kernels(sum(int(confs[i, 0]) for i in words) * null_size) if words else None
     jobs.sort(key=lambda j: -len(j[2]) * j[1] * (j[4] if j[0] == "bitmap" else null_size))  # big first
     _run_jobs(run, list(_progress(jobs, "mAP: nulls", show_progress)))
     return out
