@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["tile_counts", "floyd_bitmap_ap", "warm_up"]
+__all__ = ["tile_counts", "column_counts", "sorted_counts", "floyd_bitmap_ap", "warm_up"]
 
 
 @njit(nogil=True, cache=True, boundscheck=False)
@@ -133,6 +133,44 @@ def tile_counts(s, x, r0, c0, row_thr, row_lo, row_hi, row_k, cnt_rows,
                 acc[j, e] = 0
 
 
+@njit(nogil=True, cache=True, boundscheck=False)
+def column_counts(s, nc, c0, col_thr, col_kmax, cnt_cols):
+    """Add to ``cnt_cols[j, c0+e]`` the entries of column e < ``nc`` of the float64 block ``s``
+    (non-pairs −inf) above the threshold ``col_thr[j, c0+e]`` (j < col_kmax), four rows a pass."""
+    nr = s.shape[0]
+    for j in range(col_kmax):
+        tj = col_thr[j, c0:c0 + nc]
+        aj = cnt_cols[j, c0:c0 + nc]
+        i = 0
+        while i + 4 <= nr:
+            s0 = s[i]
+            s1 = s[i + 1]
+            s2 = s[i + 2]
+            s3 = s[i + 3]
+            for e in range(nc):
+                t = tj[e]
+                aj[e] += (np.int64(s0[e] > t) + np.int64(s1[e] > t)) + (np.int64(s2[e] > t) + np.int64(s3[e] > t))
+            i += 4
+        while i < nr:
+            s0 = s[i]
+            for e in range(nc):
+                aj[e] += np.int64(s0[e] > tj[e])
+            i += 1
+
+
+@njit(nogil=True, cache=True, boundscheck=False)
+def sorted_counts(comp, cnt):
+    """For rows of sorted ``key·2 + is_negative`` entries: ``cnt[i, r]`` = the entries before the
+    (r+1)-th positive (even entry) of row i that are not positives — the negatives above it."""
+    nr, w = comp.shape
+    for i in range(nr):
+        r = 0
+        for e in range(w):
+            if (comp[i, e] & 1) == 0:
+                cnt[i, r] = e - r
+                r += 1
+
+
 # de Bruijn table: index of the lowest set bit of a uint64
 _DEBRUIJN_MUL = np.uint64(0x03F79D71B4CB0A89)
 _DEBRUIJN = np.zeros(64, dtype=np.int64)
@@ -180,4 +218,6 @@ def warm_up() -> None:
     lim = np.zeros((2, 1), f32)
     tile_counts(s, np.zeros((2, 3), f64), 0, 0, thr, lim, lim, np.ones(2, i64), np.zeros((2, 1), i64),
                 np.zeros((1, 2), f64), np.zeros((1, 2), f32), np.zeros((1, 2), f32), 1, np.zeros((1, 2), i64))
+    column_counts(np.zeros((5, 3), f64), 2, 0, np.zeros((1, 2), f64), 1, np.zeros((1, 2), i64))
+    sorted_counts(np.zeros((2, 3), np.uint32), np.zeros((2, 3), i64))
     floyd_bitmap_ap(np.zeros((2, 1), np.uint32), 0, 1, 2, 10, np.empty(1), _DEBRUIJN)

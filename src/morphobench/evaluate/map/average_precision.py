@@ -223,8 +223,8 @@ def key_thresholds(s: np.ndarray) -> np.ndarray:
 def _symmetric_groups(neg_def: PairDefinition, n_pos: np.ndarray, opts: MapOptions) -> list:
     """Negative-pair groups counted from symmetric tiles: ``(members, na)`` with the ``na``
     symmetric queries (1 ≤ n_pos ≤ _SYM_MAX_POS) first, ordered by (n_pos, sub-group), then the
-    other members by sub-group. Only groups of ≥ ``opts.symmetric_min`` profiles, at least half
-    of them such queries (numpy backend)."""
+    other members: those without positives, then those with many, each by sub-group. Only groups
+    of ≥ ``opts.symmetric_min`` profiles, at least half of them such queries (numpy backend)."""
     if opts.symmetric_min <= 0 or opts.backend != "numpy":
         return []
     out = []
@@ -238,7 +238,7 @@ def _symmetric_groups(neg_def: PairDefinition, n_pos: np.ndarray, opts: MapOptio
         sub = neg_def.sub[members] if neg_def.has_diff else np.zeros(size, dtype=np.int64)
         a, b = members[symq], members[~symq]
         a = a[np.lexsort((sub[symq], k[symq]))]
-        b = b[np.argsort(sub[~symq], kind="stable")]
+        b = b[np.lexsort((sub[~symq], k[~symq] > 0))]
         out.append((np.concatenate([a, b]), len(a)))
     return out
 
@@ -282,17 +282,21 @@ def _tile_mask(s: np.ndarray, r0: int, r1: int, c0: int, c1: int, runs: _SubRuns
         s[code[r0:r1][:, None] == code[c0:c1][None, :]] = -np.inf
 
 
-def _symmetric_group_ap(xg: np.ndarray, members: np.ndarray, na: int, pos_def: PairDefinition,
-                        neg_def: PairDefinition, sim: Similarity, opts: MapOptions) -> np.ndarray:
+def _symmetric_group_ap(xg: np.ndarray, members: np.ndarray, na: int, many: np.ndarray, inner: np.ndarray,
+                        pos_def: PairDefinition, neg_def: PairDefinition, sim: Similarity,
+                        opts: MapOptions) -> tuple[np.ndarray, np.ndarray]:
     """AP of the ``na`` symmetric queries of one negative-pair group (``members`` in tile order,
-    ``xg`` their unit vectors).
+    ``xg`` their unit vectors) and of its queries with many positives ``members[many]`` (the
+    last members; ``inner``: all their positives are group members).
 
     Each positive's similarity becomes a float64 threshold (:func:`key_thresholds`); the group's
     similarity matrix is computed once per unordered tile pair (I ≤ J) — never stored whole —
     and each tile counts, for its rows and (off the diagonal) its columns, the negatives above
     every threshold: float32 tiles counted by the compiled kernel (exact: entries within the
-    float32 error bound of a threshold are decided in float64) or float64 NumPy tiles.
-    AP = mean over positives (rank r among them) of r / (r + c)."""
+    float32 error bound of a threshold are decided in float64) or float64 NumPy tiles. The
+    many-positive queries rank sorted float64 rows (:func:`_group_rows_ap`), which on the
+    compiled path also count, for the symmetric queries, these columns (no float32 tile
+    computes them). AP = mean over positives (rank r among them) of r / (r + c)."""
     m = len(members)
     q = members[:na]
     kq = pos_def.count[q]
@@ -312,11 +316,21 @@ def _symmetric_group_ap(xg: np.ndarray, members: np.ndarray, na: int, pos_def: P
     runs = _SubRuns(neg_def.sub[members]) if neg_def.has_diff else None
     rest = [code[members] for code in neg_def.rest]
     kernels = _kernels(opts.compiled, saves_s=na * (m - na / 2) * 1.5e-8) if opts.backend == "numpy" else None
+    cut = m - len(many) if kernels is not None else m       # tile columns [0, cut)
     if kernels is not None:
-        cnt = _symmetric_counts_f32(kernels, xg, na, thr, kq, runs, rest, opts)
+        cnt = _symmetric_counts_f32(kernels, xg, na, cut, thr, kq, runs, rest, opts)
     else:
         cnt = _symmetric_counts_f64(xg, na, thr, kq, runs, rest, opts)
-    return _rank_ap(cnt, kq)
+    ap_many = np.empty(len(many))
+    cols = (np.ascontiguousarray(thr.T), kq, []) if cut < m else None
+    for flag in (True, False):
+        sel = np.flatnonzero(inner == flag)
+        if len(sel):
+            ap_many[sel] = _group_rows_ap(xg, members, many[sel], pos_def, neg_def, sim, opts, flag, kernels, cols)
+    if cols is not None:            # the symmetric queries' negatives among the many-positive rows
+        for c in cols[2]:
+            cnt += c.T
+    return _rank_ap(cnt, kq), ap_many
 
 
 def _tile_jobs(na: int, m: int, t: int) -> list[tuple[int, int, int, int]]:
@@ -339,15 +353,16 @@ def _f32_margin(d: int) -> float:
     return 1.01 * bound
 
 
-def _symmetric_counts_f32(kernels, xg: np.ndarray, na: int, thr: np.ndarray, kq: np.ndarray,
+def _symmetric_counts_f32(kernels, xg: np.ndarray, na: int, cut: int, thr: np.ndarray, kq: np.ndarray,
                           runs: _SubRuns | None, rest: list, opts: MapOptions) -> np.ndarray:
-    """Per query and positive slot, the negatives ranked above (``t > θ``), from float32 tiles
-    counted by the compiled kernel: a float32 similarity more than :func:`_f32_margin` above
-    (below) θ is (is not) above it in float64; the few within the margin are decided by their
-    float64 similarity. Exactly the counts of :func:`_symmetric_counts_f64`."""
-    m, d = xg.shape
+    """Per query and positive slot, the negatives among the members ``[0, cut)`` ranked above
+    (``t > θ``), from float32 tiles counted by the compiled kernel: a float32 similarity more
+    than :func:`_f32_margin` above (below) θ is (is not) above it in float64; the few within the
+    margin are decided by their float64 similarity. Exactly the float64 counts."""
+    d = xg.shape[1]
+    m = cut
     kmax = thr.shape[1]
-    x32 = xg.astype(np.float32)
+    x32 = xg[:m].astype(np.float32)
     delta = _f32_margin(d)
     with np.errstate(invalid="ignore", over="ignore"):
         lo64, hi64 = thr - delta, thr + delta
@@ -438,25 +453,24 @@ def _rank_ap(cnt: np.ndarray, k: np.ndarray) -> np.ndarray:
     return np.bincount(qi, weights=r / (r + cnt[qi, slot]), minlength=len(k)) / k
 
 
-def _group_masks(defn: PairDefinition, members: np.ndarray, r: np.ndarray, c0: int, c1: int) -> np.ndarray:
-    """Which (row ``r[i]``, member ``c0 + e``) are pairs of ``defn`` in the group ``members``
-    (``r``: indices into ``members``): same ``sameby`` group, different in every ``diffby``
-    column, not the profile itself."""
-    p, q = members[r], members[c0:c1]
+def _group_masks(defn: PairDefinition, members: np.ndarray, r: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Which (row ``r[i]``, column ``c[e]``) are pairs of ``defn`` in the group ``members``
+    (``r``, ``c``: indices into ``members``): same ``sameby`` group, different in every
+    ``diffby`` column, not the profile itself."""
+    p, q = members[r], members[c]
     ok = defn.gid[p][:, None] == defn.gid[q][None, :]
     if defn.has_diff:
         ok &= defn.sub[p][:, None] != defn.sub[q][None, :]
+    else:
+        ok &= r[:, None] != c[None, :]
     for code in defn.rest:
         ok &= code[p][:, None] != code[q][None, :]
-    if not defn.has_diff:
-        inside = (r >= c0) & (r < c1)
-        ok[np.flatnonzero(inside), r[inside] - c0] = False
     return ok
 
 
 def _group_rows_ap(xg: np.ndarray, members: np.ndarray, rows: np.ndarray, pos_def: PairDefinition,
                    neg_def: PairDefinition, sim: Similarity, opts: MapOptions,
-                   pos_inside: bool = False) -> np.ndarray:
+                   pos_inside: bool = False, kernels=None, cols: tuple | None = None) -> np.ndarray:
     """AP of the group members ``members[rows]`` that are queries with many positives (too many
     for thresholds), against the whole group: blocks of their rows × all members (``xg``, the
     group's unit vectors in ``members`` order) as float64 GEMMs; per row the negatives' keys and
@@ -466,13 +480,19 @@ def _group_rows_ap(xg: np.ndarray, members: np.ndarray, rows: np.ndarray, pos_de
     With ``pos_inside`` (all positive partners of these queries are group members) the
     positives' similarities are the same GEMM rows; else they come from
     :meth:`Similarity.entries` (in chunks of at most ``max_entries`` positives). Memory: GEMM
-    blocks of about ``max_entries`` values."""
+    blocks of about ``max_entries`` values.
+
+    ``cols = (thresholds (kmax × na), n_pos, out)`` (with the compiled ``kernels``): the first
+    ``na`` members are symmetric queries; each worker also counts, per threshold, their
+    negatives among these rows above it (float64, exact), in an array appended to ``out``."""
     m = len(members)
     q = members[rows]
     kq = pos_def.count[q]
     ap = np.empty(len(q))
     pad = np.uint32(0xFFFFFFFF)                  # odd (not a positive), above every entry
     acc = np.cumsum(kq)
+    # the members that can be positive partners of these queries (same sameby group)
+    pcand = np.flatnonzero(np.isin(pos_def.gid[members], pos_def.gid[q])) if pos_inside else None
     s0 = 0
     while s0 < len(q):             # chunks of queries (their positives' keys when not inside)
         s1 = len(q) if pos_inside else \
@@ -491,13 +511,18 @@ def _group_rows_ap(xg: np.ndarray, members: np.ndarray, rows: np.ndarray, pos_de
             pos_comp = np.full((len(qq), kmax), pad, dtype=np.uint32)
             pos_comp[qi, slot] = (comp & np.uint64(0xFFFFFFFF)).astype(np.uint32) << np.uint32(1)
             del comp, qi, slot
-        # blocks of rows (up to 256: each GEMM packs the group's vectors once per block) whose
-        # sorted rows hold ~8·max_entries keys; GEMMs over chunks of ~max_entries similarities
-        b = int(np.clip(8 * opts.max_entries // (m + kmax), 1, 256))
+        # blocks of rows (up to 128: each GEMM packs the group's vectors once per block) whose
+        # sorted rows hold ~4·max_entries keys; GEMMs over chunks of ~max_entries similarities
+        b = int(np.clip(4 * opts.max_entries // (m + kmax), 1, 128))
         cw = max(64, opts.max_entries // b)
         blocks = [(b0, min(s1 - s0, b0 + b)) for b0 in range(0, s1 - s0, b)]
 
         def run(part, s0=s0, kk=kk, kmax=kmax, pos_comp=pos_comp, cw=cw):
+            if cols is not None:
+                col_thr, col_k, out = cols
+                na = col_thr.shape[1]
+                cnt_cols = np.zeros(col_thr.shape, dtype=np.int64)
+                out.append(cnt_cols)
             for b0, b1 in part:
                 r = rows[s0 + b0:s0 + b1]
                 nb = b1 - b0
@@ -510,25 +535,33 @@ def _group_rows_ap(xg: np.ndarray, members: np.ndarray, rows: np.ndarray, pos_de
                     comp[:, m:] = pos_comp[b0:b1]
                 for c0 in range(0, m, cw):
                     c1 = min(m, c0 + cw)
-                    keys = rank_keys(xr @ xg[c0:c1].T)
-                    part_ = comp[:, c0:c1]
-                    np.left_shift(keys, np.uint32(1), out=part_)
-                    part_ |= np.uint32(1)
-                    np.putmask(part_, ~_group_masks(neg_def, members, r, c0, c1), pad)
+                    sims = xr @ xg[c0:c1].T
                     if pos_comp is None:       # positives from the same rows
-                        rr, cc = np.nonzero(_group_masks(pos_def, members, r, c0, c1))
+                        pc = pcand[np.searchsorted(pcand, c0):np.searchsorted(pcand, c1)]
+                        rr, cc = np.nonzero(_group_masks(pos_def, members, r, pc))
                         per = np.bincount(rr, minlength=nb)
                         comp[rr, m + filled[rr] + np.arange(len(rr)) - (np.cumsum(per) - per)[rr]] = \
-                            keys[rr, cc] << np.uint32(1)
+                            rank_keys(sims[rr, pc[cc] - c0]) << np.uint32(1)
                         filled += per
-                    del keys
+                    # non-pairs: −inf, whose key (+inf) sorts after every key, as an odd entry
+                    np.putmask(sims, ~_group_masks(neg_def, members, r, np.arange(c0, c1)), -np.inf)
+                    part_ = comp[:, c0:c1]
+                    np.left_shift(rank_keys(sims), np.uint32(1), out=part_)
+                    part_ |= np.uint32(1)
+                    if cols is not None and c0 < na:    # columns that are symmetric queries
+                        e1 = min(c1, na) - c0
+                        kernels.column_counts(sims, e1, c0, col_thr, int(col_k[c0:c0 + e1].max()), cnt_cols)
+                    del sims
                 comp.sort(axis=1)
-                at = np.flatnonzero((comp & np.uint32(1)) == 0)
-                rr, at = at // (m + kmax), at % (m + kmax)
-                per = np.bincount(rr, minlength=nb)
-                slot = np.arange(len(rr)) - (np.cumsum(per) - per)[rr]
                 cnt = np.zeros((nb, kmax), dtype=np.int64)
-                cnt[rr, slot] = at - slot                   # negatives ranked above
+                if kernels is not None:
+                    kernels.sorted_counts(comp, cnt)
+                else:
+                    at = np.flatnonzero((comp & np.uint32(1)) == 0)
+                    rr, at = at // (m + kmax), at % (m + kmax)
+                    per = np.bincount(rr, minlength=nb)
+                    slot = np.arange(len(rr)) - (np.cumsum(per) - per)[rr]
+                    cnt[rr, slot] = at - slot                   # negatives ranked above
                 ap[s0 + b0:s0 + b1] = _rank_ap(cnt, kk[b0:b1])
 
         nt = max(1, min(_n_threads(opts.threads), len(blocks)))
@@ -636,16 +669,13 @@ def average_precision(
     offset = 0
     for members, na in _progress(sym, "mAP: symmetric groups", show_progress):
         xg = xn[offset:offset + len(members)]
-        ap[members[:na]] = _symmetric_group_ap(xg, members, na, pos_def, neg_def, sim, opts)
-        many = na + np.flatnonzero(n_pos[members[na:]] > 0)
-        if len(many):
-            # positives inside the group: their similarities come with the group's GEMM rows
-            inner = PairDefinition({c: codes[c][members] for c in pos_sameby + pos_diffby}, pos_sameby,
-                                   pos_diffby, len(members)).count[many] == n_pos[members[many]]
-            for flag in (True, False):
-                sel = many[inner == flag]
-                if len(sel):
-                    ap[members[sel]] = _group_rows_ap(xg, members, sel, pos_def, neg_def, sim, opts, flag)
+        many = na + np.flatnonzero(n_pos[members[na:]] > 0)       # the last members
+        # many-positive queries whose positives are all in the group (their similarities then
+        # come with the group's GEMM rows)
+        inner = PairDefinition({c: codes[c][members] for c in pos_sameby + pos_diffby}, pos_sameby,
+                               pos_diffby, len(members)).count[many] == n_pos[members[many]]
+        ap[members[:na]], ap[members[many]] = _symmetric_group_ap(xg, members, na, many, inner, pos_def,
+                                                                  neg_def, sim, opts)
         offset += len(members)
     acc = np.cumsum(n_pos[queries] + n_neg[queries])
     cuts = [0]

@@ -9,6 +9,7 @@ observed AP. See the package docstring for the details.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -116,10 +117,15 @@ def _floyd_words(seed: int, n_pos: int, total: int, null_size: int) -> np.ndarra
     :func:`_floyd_nulls` (word t·null_size + s draws step t of list s)."""
     k, s = n_pos, null_size
     half = (k * s + 1) // 2
-    raw = _conf_bitgen(seed, k, total).random_raw(half)
+    bitgen = _conf_bitgen(seed, k, total)
     words = np.empty(2 * half, dtype=np.uint32)
-    np.right_shift(raw, np.uint64(32), out=words[:half], casting="unsafe")
-    np.bitwise_and(raw, np.uint64(0xFFFFFFFF), out=words[half:], casting="unsafe")
+    step = 1 << 20                 # raw outputs per chunk (bounded scratch)
+    hi_lo = (1, 0) if sys.byteorder == "little" else (0, 1)
+    for a in range(0, half, step):
+        b = min(half, a + step)
+        pair = bitgen.random_raw(b - a).view(np.uint32)      # (low, high) halves, little endian
+        words[a:b] = pair[hi_lo[0]::2]                        # high half of each output …
+        words[half + a:half + b] = pair[hi_lo[1]::2]          # … then the low halves
     return words[:k * s].reshape(k, s)
 
 
