@@ -600,8 +600,9 @@ def test_compiled_tiles_decide_within_the_margin_in_float64(monkeypatch):
     args = DEFINITIONS["dense_negatives"]
     ref = M.average_precision(meta, x, *args, no_negatives="keep",
                               options=M.MapOptions(symmetric_min=1, tile=31, compiled=False))["average_precision"]
-    for margin in (None, 0.05, 2.5):
+    for margin, threads in ((None, 1), (None, 3), (0.05, None), (2.5, None)):
         if margin is not None:
             monkeypatch.setattr(A, "_f32_margin", lambda d, m=margin: m)
-        _, got = _cmp_ap(meta, x, args, options=M.MapOptions(symmetric_min=1, tile=31, compiled=True))
+        opts = M.MapOptions(symmetric_min=1, tile=31, compiled=True, threads=threads)
+        _, got = _cmp_ap(meta, x, args, options=opts)
         np.testing.assert_array_equal(got["average_precision"], ref)

@@ -479,8 +479,9 @@ def _group_rows_ap(xg: np.ndarray, members: np.ndarray, rows: np.ndarray, pos_de
 
     With ``pos_inside`` (all positive partners of these queries are group members) the
     positives' similarities are the same GEMM rows; else they come from
-    :meth:`Similarity.entries` (in chunks of at most ``max_entries`` positives). Memory: GEMM
-    blocks of about ``max_entries`` values.
+    :meth:`Similarity.entries` (in chunks of at most ``max_entries`` positives). Memory per
+    worker: a block's sorted rows (~4·``max_entries`` keys) and one GEMM chunk (~``max_entries``
+    similarities).
 
     ``cols = (thresholds (kmax × na), n_pos, out)`` (with the compiled ``kernels``): the first
     ``na`` members are symmetric queries; each worker also counts, per threshold, their
@@ -672,8 +673,8 @@ def average_precision(
         many = na + np.flatnonzero(n_pos[members[na:]] > 0)       # the last members
         # many-positive queries whose positives are all in the group (their similarities then
         # come with the group's GEMM rows)
-        inner = PairDefinition({c: codes[c][members] for c in pos_sameby + pos_diffby}, pos_sameby,
-                               pos_diffby, len(members)).count[many] == n_pos[members[many]]
+        inner = (PairDefinition({c: codes[c][members] for c in pos_sameby + pos_diffby}, pos_sameby,
+                                pos_diffby, len(members)).count[many] == n_pos[members[many]]) if len(many) else many
         ap[members[:na]], ap[members[many]] = _symmetric_group_ap(xg, members, na, many, inner, pos_def,
                                                                   neg_def, sim, opts)
         offset += len(members)
