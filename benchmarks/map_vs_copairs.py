@@ -15,6 +15,8 @@ Each (tool, size) runs in a fresh subprocess; reported per run:
            best of --repeat runs, each with an empty copairs null cache)
   peak     peak resident set size of that process (ru_maxrss: Python + libraries + data + run)
   +peak    peak RSS minus the RSS just before the computation (what the computation added)
+Imports are outside the timing, ours including its compiled kernels (numba; loading them costs
+about a second once per process, which a run without them skips when they would not repay it).
 Both tools run single-process on the same machine; copairs uses its own threads where it does
 (a ThreadPoolExecutor for similarities, nulls and mAP p-values), ours a small pool
 (MORPHOBENCH_MAP_THREADS, default: usable CPUs, at most 4; set it to 1 for a single-threaded run).
@@ -101,6 +103,8 @@ def worker(tool: str, n: int, d: int, design: str, null_size: int, null_method: 
     args = definitions(design)
     if tool == "ours":
         from morphobench.evaluate import map as M
+
+        M.load_kernels()  # numba import + cached machine code: a one-time (import-like) cost, ~1 s
     else:
         from copairs.map import average_precision, mean_average_precision
         from copairs.map.average_precision import p_values

@@ -68,13 +68,17 @@ DEFINITIONS = {
 }
 
 
-@pytest.fixture(params=["auto", "dense", "entries", "symmetric"])
+@pytest.fixture(params=["auto", "dense", "entries", "symmetric", "compiled"])
 def neg_path(request):
     """Engine options: negatives as dense GEMM blocks (forced), as entry lists (forced), from
-    symmetric tiles (forced, small tiles), or chosen per block."""
+    symmetric tiles (forced, small tiles; float64 NumPy tiles or the compiled float32 kernel), or
+    chosen per block."""
+    if request.param == "compiled" and M.options._kernels() is None:
+        pytest.skip("numba not importable")
     return {"auto": None, "dense": M.MapOptions(dense_min_entries=0),
             "entries": M.MapOptions(neg_dense=False),
-            "symmetric": M.MapOptions(symmetric_min=1, tile=37)}[request.param]
+            "symmetric": M.MapOptions(symmetric_min=1, tile=37, compiled=False),
+            "compiled": M.MapOptions(symmetric_min=1, tile=37, compiled=True)}[request.param]
 
 
 @pytest.mark.parametrize("quant", [None, 1, 4], ids=["continuous", "ties_q1", "ties_q4"])
@@ -538,3 +542,67 @@ def test_bitmap_nulls_do_not_depend_on_chunks_or_threads(monkeypatch):
         np.testing.assert_array_equal(got[[0, 2]], ref)
     small = M.nulls._floyd_bitmap_null(700, 40, 300, 5, budget=64)      # many tiny chunks
     np.testing.assert_array_equal(small, ref[0])
+
+
+def test_compiled_bitmap_nulls_equal_numpy_steps():
+    """The compiled Floyd kernel (one list at a time, APs summed from its bitmap) draws the same
+    lists and sums the same terms as the NumPy bitmap steps: bitwise equal null APs, also with
+    many collisions (n_pos close to n_total) and word boundaries (n_total around 64)."""
+    kernels = M.options._kernels()
+    if kernels is None:
+        pytest.skip("numba not importable")
+    for k, total in [(40, 300), (63, 64), (64, 65), (60, 128), (200, 3000), (700, 701)]:
+        words = M.nulls._floyd_words(5, k, total, 400)
+        ref = M.nulls._floyd_bitmap_rows_numpy(words, 0, 400, k, total)
+        for s0, m in ((0, 400), (17, 100)):
+            got = np.empty(m)
+            kernels.floyd_bitmap_ap(words, s0, m, k, total, got, kernels._DEBRUIJN)
+            np.testing.assert_array_equal(got, ref[s0:s0 + m])
+
+
+PLATE_NEGATIVES = (["Metadata_Perturbation"], [], ["Metadata_Plate"], [])     # every other well of the plate
+
+
+@pytest.mark.parametrize("definition", ["dense_negatives", "plate_negatives"])
+@pytest.mark.parametrize("quant", [None, 1], ids=["continuous", "ties_q1"])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_many_positive_members_of_symmetric_groups_equal_copairs(definition, quant, compiled):
+    """Queries of a symmetric group with more positives than thresholds allow (48 controls: 47
+    positives) are ranked by sorted rows of the group's GEMM: equal to copairs, with diffby
+    (same-perturbation entries masked) and without (self masked, positives across plates, a pair
+    both positive and negative listed twice)."""
+    if compiled and M.options._kernels() is None:
+        pytest.skip("numba not importable")
+    meta, x = screen(n_ctrl=12, quant=quant, d=6 if quant else 16, seed=41)
+    args = DEFINITIONS[definition] if definition in DEFINITIONS else PLATE_NEGATIVES
+    opts = M.MapOptions(symmetric_min=1, tile=29, max_entries=500, compiled=compiled)
+    A = __import__("sys").modules["morphobench.evaluate.map.average_precision"]
+    n_pos = M.average_precision(meta, x, *args, no_negatives="keep")["n_pos_pairs"].to_numpy()
+    assert (n_pos > A._SYM_MAX_POS).sum() >= 12
+    _cmp_ap(meta, x, args, options=opts)
+
+
+def test_compiled_tiles_decide_within_the_margin_in_float64(monkeypatch):
+    """The compiled float32 tiles count exactly: with the margin widened (almost every entry then
+    decided by its float64 similarity) or as derived, the same APs as the float64 NumPy tiles
+    and copairs, ties included; the margin bounds the float32 GEMM's error."""
+    kernels = M.options._kernels()
+    if kernels is None:
+        pytest.skip("numba not importable")
+    A = __import__("sys").modules["morphobench.evaluate.map.average_precision"]
+    rng = np.random.default_rng(7)
+    for d in (3, 64, 256):
+        xs = rng.normal(size=(300, d)) * rng.random((300, 1)) ** 4
+        xs /= np.linalg.norm(xs, axis=1, keepdims=True)
+        err = np.abs((xs.astype(np.float32) @ xs.astype(np.float32).T).astype(np.float64) - xs @ xs.T).max()
+        assert err < A._f32_margin(d)
+    meta, x = screen(quant=1, d=6, seed=3)
+    args = DEFINITIONS["dense_negatives"]
+    ref = M.average_precision(meta, x, *args, no_negatives="keep",
+                              options=M.MapOptions(symmetric_min=1, tile=31, compiled=False))["average_precision"]
+    for margin, threads in ((None, 1), (None, 3), (0.05, None), (2.5, None)):
+        if margin is not None:
+            monkeypatch.setattr(A, "_f32_margin", lambda d, m=margin: m)
+        opts = M.MapOptions(symmetric_min=1, tile=31, compiled=True, threads=threads)
+        _, got = _cmp_ap(meta, x, args, options=opts)
+        np.testing.assert_array_equal(got["average_precision"], ref)

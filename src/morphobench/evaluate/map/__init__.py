@@ -102,6 +102,14 @@ every profile is a candidate and a block holds ``block × n`` similarities, stil
 ``max_entries``). Positive pairs inside small groups come from one small Gram matrix per group;
 negatives come as dense (queries sharing their candidates) × (candidates) GEMM blocks whose keys
 fill a padded per-query table (non-pairs masked), or as entry lists when they are scattered.
+Big negative-pair groups made mostly of queries (the dense, sibling-style design) are counted
+from symmetric tiles of their similarity matrix against float64 thresholds derived from the
+positives' keys — float32 GEMM tiles counted by a compiled (numba) kernel, the entries within the
+float32 error bound of a threshold decided by their float64 similarity, so the counts are exact —
+and their queries with many positives rank sorted rows of the group's float64 GEMM. The compiled
+kernels (also the Floyd steps of many-positive nulls) load once per process (about a second,
+:func:`load_kernels`); a call loads them only when they save more than that, and without numba
+the NumPy paths give the same results.
 Small GEMMs run on one BLAS thread; the NumPy-heavy loops (GEMM blocks, null batches, counting)
 run in a small thread pool — ``MORPHOBENCH_MAP_THREADS`` (default: usable CPUs, at most 4) sets
 its size, 1 disables it. Results do not depend on it.
@@ -129,7 +137,7 @@ from morphobench.evaluate.map.nulls import (
     null_distributions,
     null_table,
 )
-from morphobench.evaluate.map.options import DEFAULT_OPTIONS, MapOptions
+from morphobench.evaluate.map.options import DEFAULT_OPTIONS, MapOptions, load_kernels
 from morphobench.evaluate.map.significance import (
     ap_p_values,
     benjamini_hochberg,
@@ -144,6 +152,7 @@ __all__ = [
     "DEFAULT_OPTIONS",
     "MapOptions",
     "NullSource",
+    "load_kernels",
     "average_precision",
     "expected_ap",
     "normalize_ap",

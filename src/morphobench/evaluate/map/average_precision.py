@@ -19,6 +19,7 @@ import pandas as pd
 from morphobench.evaluate.map.options import (
     DEFAULT_OPTIONS,
     MapOptions,
+    _kernels,
     _n_threads,
     _progress,
     _run_jobs,
@@ -180,7 +181,7 @@ def normalize_ap(ap: np.ndarray, n_pos: np.ndarray, n_total: np.ndarray, eps: fl
 # ----------------------------------------------------------------------------------------------
 # the dense design: symmetric tiles
 # ----------------------------------------------------------------------------------------------
-_SYM_MAX_POS = 32      # queries with more positives than this take the general (sorting) path
+_SYM_MAX_POS = 32      # group queries with more positives: sorted rows of the group's GEMM
 
 
 def _ordinal(x: np.ndarray) -> np.ndarray:
@@ -222,8 +223,8 @@ def key_thresholds(s: np.ndarray) -> np.ndarray:
 def _symmetric_groups(neg_def: PairDefinition, n_pos: np.ndarray, opts: MapOptions) -> list:
     """Negative-pair groups counted from symmetric tiles: ``(members, na)`` with the ``na``
     symmetric queries (1 ≤ n_pos ≤ _SYM_MAX_POS) first, ordered by (n_pos, sub-group), then the
-    other members by sub-group. Only groups of ≥ ``opts.symmetric_min`` profiles, at least half
-    of them such queries (numpy backend)."""
+    other members: those without positives, then those with many, each by sub-group. Only groups
+    of ≥ ``opts.symmetric_min`` profiles, at least half of them such queries (numpy backend)."""
     if opts.symmetric_min <= 0 or opts.backend != "numpy":
         return []
     out = []
@@ -237,7 +238,7 @@ def _symmetric_groups(neg_def: PairDefinition, n_pos: np.ndarray, opts: MapOptio
         sub = neg_def.sub[members] if neg_def.has_diff else np.zeros(size, dtype=np.int64)
         a, b = members[symq], members[~symq]
         a = a[np.lexsort((sub[symq], k[symq]))]
-        b = b[np.argsort(sub[~symq], kind="stable")]
+        b = b[np.lexsort((sub[~symq], k[~symq] > 0))]
         out.append((np.concatenate([a, b]), len(a)))
     return out
 
@@ -281,15 +282,21 @@ def _tile_mask(s: np.ndarray, r0: int, r1: int, c0: int, c1: int, runs: _SubRuns
         s[code[r0:r1][:, None] == code[c0:c1][None, :]] = -np.inf
 
 
-def _symmetric_group_ap(xg: np.ndarray, members: np.ndarray, na: int, pos_def: PairDefinition,
-                        neg_def: PairDefinition, sim: Similarity, opts: MapOptions) -> np.ndarray:
+def _symmetric_group_ap(xg: np.ndarray, members: np.ndarray, na: int, many: np.ndarray, inner: np.ndarray,
+                        pos_def: PairDefinition, neg_def: PairDefinition, sim: Similarity,
+                        opts: MapOptions) -> tuple[np.ndarray, np.ndarray]:
     """AP of the ``na`` symmetric queries of one negative-pair group (``members`` in tile order,
-    ``xg`` their unit vectors).
+    ``xg`` their unit vectors) and of its queries with many positives ``members[many]`` (the
+    last members; ``inner``: all their positives are group members).
 
     Each positive's similarity becomes a float64 threshold (:func:`key_thresholds`); the group's
     similarity matrix is computed once per unordered tile pair (I ≤ J) — never stored whole —
     and each tile counts, for its rows and (off the diagonal) its columns, the negatives above
-    every threshold. AP = mean over positives (rank r among them) of r / (r + c)."""
+    every threshold: float32 tiles counted by the compiled kernel (exact: entries within the
+    float32 error bound of a threshold are decided in float64) or float64 NumPy tiles. The
+    many-positive queries rank sorted float64 rows (:func:`_group_rows_ap`), which on the
+    compiled path also count, for the symmetric queries, these columns (no float32 tile
+    computes them). AP = mean over positives (rank r among them) of r / (r + c)."""
     m = len(members)
     q = members[:na]
     kq = pos_def.count[q]
@@ -308,14 +315,103 @@ def _symmetric_group_ap(xg: np.ndarray, members: np.ndarray, na: int, pos_def: P
         thr[s0 + qi, slot] = key_thresholds(ps[order])
     runs = _SubRuns(neg_def.sub[members]) if neg_def.has_diff else None
     rest = [code[members] for code in neg_def.rest]
+    kernels = _kernels(opts.compiled, saves_s=na * (m - na / 2) * 1.5e-8) if opts.backend == "numpy" else None
+    cut = m - len(many) if kernels is not None else m       # tile columns [0, cut)
+    if kernels is not None:
+        cnt = _symmetric_counts_f32(kernels, xg, na, cut, thr, kq, runs, rest, opts)
+    else:
+        cnt = _symmetric_counts_f64(xg, na, thr, kq, runs, rest, opts)
+    ap_many = np.empty(len(many))
+    cols = (np.ascontiguousarray(thr.T), kq, []) if cut < m else None
+    for flag in (True, False):
+        sel = np.flatnonzero(inner == flag)
+        if len(sel):
+            ap_many[sel] = _group_rows_ap(xg, members, many[sel], pos_def, neg_def, sim, opts, flag, kernels, cols)
+    if cols is not None:            # the symmetric queries' negatives among the many-positive rows
+        for c in cols[2]:
+            cnt += c.T
+    return _rank_ap(cnt, kq), ap_many
+
+
+def _tile_jobs(na: int, m: int, t: int) -> list[tuple[int, int, int, int]]:
+    """The tiles (r0, r1, c0, c1) of the upper triangle (c0 ≥ r0) of the ``na`` query rows × all
+    ``m`` columns; no tile straddles column ``na``."""
+    rcuts = list(range(0, na, t)) + [na]
+    ccuts = rcuts[:-1] + list(range(na, m, t)) + [m]
+    return [(r0, r1, c0, c1) for r0, r1 in pairwise(rcuts) for c0, c1 in pairwise(ccuts) if c0 >= r0]
+
+
+def _f32_margin(d: int) -> float:
+    """A bound on |float32 cosine − float64 cosine| of unit rows with ``d`` features: rounding
+    the rows to float32 moves a dot product by ≤ (2u + u²)·Σ|x_i y_i|, a float32 dot product (any
+    summation order, FMA or not) is within γ_d·Σ|x_i y_i| of the exact one of its operands, with
+    u = 2^-24, γ_d = d·u/(1 − d·u) and Σ|x_i y_i| ≤ ‖x‖‖y‖ ≤ 1 + 2^-40; a float64 one within
+    2·d·2^-53 of the exact one (any order); plus d·2^-140 for float32 subnormals; 1 % slack."""
+    u = 2.0 ** -24
+    norms = 1 + 2.0 ** -40
+    bound = (d * u / (1 - d * u) * (1 + u) ** 2 + 2 * u + u * u) * norms + 2 * d * 2.0 ** -53 + d * 2.0 ** -140
+    return 1.01 * bound
+
+
+def _symmetric_counts_f32(kernels, xg: np.ndarray, na: int, cut: int, thr: np.ndarray, kq: np.ndarray,
+                          runs: _SubRuns | None, rest: list, opts: MapOptions) -> np.ndarray:
+    """Per query and positive slot, the negatives among the members ``[0, cut)`` ranked above
+    (``t > θ``), from float32 tiles counted by the compiled kernel: a float32 similarity more
+    than :func:`_f32_margin` above (below) θ is (is not) above it in float64; the few within the
+    margin are decided by their float64 similarity. Exactly the float64 counts."""
+    d = xg.shape[1]
+    m = cut
+    kmax = thr.shape[1]
+    x32 = xg[:m].astype(np.float32)
+    delta = _f32_margin(d)
+    with np.errstate(invalid="ignore", over="ignore"):
+        lo64, hi64 = thr - delta, thr + delta
+        lo = lo64.astype(np.float32)
+        hi = hi64.astype(np.float32)
+    lo = np.where(lo > lo64, np.nextafter(lo, np.float32(-np.inf)), lo)   # round outwards
+    hi = np.where(hi < hi64, np.nextafter(hi, np.float32(np.inf)), hi)
+    row_k = kq.astype(np.int64)
+    col_thr, col_lo, col_hi = (np.ascontiguousarray(a.T) for a in (thr, lo, hi))
+    t = max(1, min(opts.tile, opts.compiled_tile, max(256, -(-na // 12))))
+    jobs = _tile_jobs(na, m, t)
+    nt = max(1, min(_n_threads(opts.threads), len(jobs)))
+    parts = [jobs[i::nt] for i in range(nt)]
+    counts = [None] * nt
+
+    def run(i):
+        cnt_rows = np.zeros((na, kmax), dtype=np.int64)
+        cnt_cols = np.zeros((kmax, na), dtype=np.int64)
+        buf = np.empty(t * t, dtype=np.float32)
+        for r0, r1, c0, c1 in parts[i]:
+            s = np.matmul(x32[r0:r1], x32[c0:c1].T, out=buf[:(r1 - r0) * (c1 - c0)].reshape(r1 - r0, c1 - c0))
+            _tile_mask(s, r0, r1, c0, c1, runs, rest)
+            col_kmax = int(kq[c0:c1].max()) if c0 > r0 and c1 <= na else 0
+            kernels.tile_counts(s, xg, r0, c0, thr, lo, hi, row_k, cnt_rows,
+                                col_thr, col_lo, col_hi, col_kmax, cnt_cols)
+        cnt_rows += cnt_cols.T
+        counts[i] = cnt_rows
+
+    if nt > 1:              # one BLAS thread per worker (the limit is process-wide: set it once)
+        with _single_thread_blas():
+            _run_jobs(run, list(range(nt)), opts.threads)
+    else:
+        run(0)
+    cnt = counts[0]
+    for c in counts[1:]:
+        cnt += c
+    return cnt
+
+
+def _symmetric_counts_f64(xg: np.ndarray, na: int, thr: np.ndarray, kq: np.ndarray,
+                          runs: _SubRuns | None, rest: list, opts: MapOptions) -> np.ndarray:
+    """Per query and positive slot, the negatives ranked above (``t > θ``), from float64 tiles
+    (NumPy)."""
+    m = len(xg)
+    kmax = thr.shape[1]
     # tiles of at most opts.tile rows, smaller for small groups (the diagonal tiles compute both
     # triangles: about 12 tiles per side keep that waste under ~5 %)
     t = max(1, min(opts.tile, max(256, -(-na // 12))))
-    rcuts = list(range(0, na, t)) + [na]
-    ccuts = rcuts[:-1] + list(range(na, m, t)) + [m]
-    rows_t = list(pairwise(rcuts))
-    cols_t = list(pairwise(ccuts))
-    jobs = [(r0, r1, c0, c1) for r0, r1 in rows_t for c0, c1 in cols_t if c0 >= r0]
+    jobs = _tile_jobs(na, m, t)
     nt = max(1, min(_n_threads(opts.threads), len(jobs)))
     parts = [jobs[i::nt] for i in range(nt)]
     counts = [None] * nt
@@ -345,10 +441,138 @@ def _symmetric_group_ap(xg: np.ndarray, members: np.ndarray, na: int, pos_def: P
     cnt = counts[0]
     for c in counts[1:]:
         cnt += c
-    qi = np.repeat(np.arange(na), kq)
-    slot = np.arange(len(qi)) - np.repeat(np.cumsum(kq) - kq, kq)
+    return cnt
+
+
+def _rank_ap(cnt: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """AP of queries from ``cnt[i, j]`` = #negatives ranked above the (j+1)-th of the ``k[i]``
+    positives of query i: the mean of r / (r + c), summed in rank order (as ``np.bincount``)."""
+    qi = np.repeat(np.arange(len(k)), k)
+    slot = np.arange(len(qi)) - np.repeat(np.cumsum(k) - k, k)
     r = slot + 1
-    return np.bincount(qi, weights=r / (r + cnt[qi, slot]), minlength=na) / kq
+    return np.bincount(qi, weights=r / (r + cnt[qi, slot]), minlength=len(k)) / k
+
+
+def _group_masks(defn: PairDefinition, members: np.ndarray, r: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Which (row ``r[i]``, column ``c[e]``) are pairs of ``defn`` in the group ``members``
+    (``r``, ``c``: indices into ``members``): same ``sameby`` group, different in every
+    ``diffby`` column, not the profile itself."""
+    p, q = members[r], members[c]
+    ok = defn.gid[p][:, None] == defn.gid[q][None, :]
+    if defn.has_diff:
+        ok &= defn.sub[p][:, None] != defn.sub[q][None, :]
+    else:
+        ok &= r[:, None] != c[None, :]
+    for code in defn.rest:
+        ok &= code[p][:, None] != code[q][None, :]
+    return ok
+
+
+def _group_rows_ap(xg: np.ndarray, members: np.ndarray, rows: np.ndarray, pos_def: PairDefinition,
+                   neg_def: PairDefinition, sim: Similarity, opts: MapOptions,
+                   pos_inside: bool = False, kernels=None, cols: tuple | None = None) -> np.ndarray:
+    """AP of the group members ``members[rows]`` that are queries with many positives (too many
+    for thresholds), against the whole group: blocks of their rows × all members (``xg``, the
+    group's unit vectors in ``members`` order) as float64 GEMMs; per row the negatives' keys and
+    the positives' keys sorted together as ``key·2 + is_negative`` (ties rank positives first,
+    non-pairs last) and each positive's position read off the sorted row: r + c.
+
+    With ``pos_inside`` (all positive partners of these queries are group members) the
+    positives' similarities are the same GEMM rows; else they come from
+    :meth:`Similarity.entries` (in chunks of at most ``max_entries`` positives). Memory per
+    worker: a block's sorted rows (~4·``max_entries`` keys) and one GEMM chunk (~``max_entries``
+    similarities).
+
+    ``cols = (thresholds (kmax × na), n_pos, out)`` (with the compiled ``kernels``): the first
+    ``na`` members are symmetric queries; each worker also counts, per threshold, their
+    negatives among these rows above it (float64, exact), in an array appended to ``out``."""
+    m = len(members)
+    q = members[rows]
+    kq = pos_def.count[q]
+    ap = np.empty(len(q))
+    pad = np.uint32(0xFFFFFFFF)                  # odd (not a positive), above every entry
+    acc = np.cumsum(kq)
+    # the members that can be positive partners of these queries (same sameby group)
+    pcand = np.flatnonzero(np.isin(pos_def.gid[members], pos_def.gid[q])) if pos_inside else None
+    s0 = 0
+    while s0 < len(q):             # chunks of queries (their positives' keys when not inside)
+        s1 = len(q) if pos_inside else \
+            max(s0 + 1, int(np.searchsorted(acc, (acc[s0 - 1] if s0 else 0) + opts.max_entries, side="right")))
+        kk = kq[s0:s1]
+        kmax = int(kk.max())
+        pos_comp = None
+        if not pos_inside:
+            qq = q[s0:s1]
+            pqi, pp = pos_def.entries(qq)
+            ps = sim.entries(qq[pqi], pp, pos_def.gid[qq[pqi]], pos_def)
+            comp = np.sort((pqi.astype(np.uint64) << np.uint64(32)) | rank_keys(ps).astype(np.uint64))
+            del pqi, pp, ps
+            qi = (comp >> np.uint64(32)).astype(np.int64)
+            slot = np.arange(len(qi)) - (np.cumsum(kk) - kk)[qi]
+            pos_comp = np.full((len(qq), kmax), pad, dtype=np.uint32)
+            pos_comp[qi, slot] = (comp & np.uint64(0xFFFFFFFF)).astype(np.uint32) << np.uint32(1)
+            del comp, qi, slot
+        # blocks of rows (up to 128: each GEMM packs the group's vectors once per block) whose
+        # sorted rows hold ~4·max_entries keys; GEMMs over chunks of ~max_entries similarities
+        b = int(np.clip(4 * opts.max_entries // (m + kmax), 1, 128))
+        cw = max(64, opts.max_entries // b)
+        blocks = [(b0, min(s1 - s0, b0 + b)) for b0 in range(0, s1 - s0, b)]
+
+        def run(part, s0=s0, kk=kk, kmax=kmax, pos_comp=pos_comp, cw=cw):
+            if cols is not None:
+                col_thr, col_k, out = cols
+                na = col_thr.shape[1]
+                cnt_cols = np.zeros(col_thr.shape, dtype=np.int64)
+                out.append(cnt_cols)
+            for b0, b1 in part:
+                r = rows[s0 + b0:s0 + b1]
+                nb = b1 - b0
+                xr = xg[r]
+                comp = np.empty((nb, m + kmax), dtype=np.uint32)
+                if pos_comp is None:
+                    comp[:, m:] = pad
+                    filled = np.zeros(nb, dtype=np.int64)
+                else:
+                    comp[:, m:] = pos_comp[b0:b1]
+                for c0 in range(0, m, cw):
+                    c1 = min(m, c0 + cw)
+                    sims = xr @ xg[c0:c1].T
+                    if pos_comp is None:       # positives from the same rows
+                        pc = pcand[np.searchsorted(pcand, c0):np.searchsorted(pcand, c1)]
+                        rr, cc = np.nonzero(_group_masks(pos_def, members, r, pc))
+                        per = np.bincount(rr, minlength=nb)
+                        comp[rr, m + filled[rr] + np.arange(len(rr)) - (np.cumsum(per) - per)[rr]] = \
+                            rank_keys(sims[rr, pc[cc] - c0]) << np.uint32(1)
+                        filled += per
+                    # non-pairs: −inf, whose key (+inf) sorts after every key, as an odd entry
+                    np.putmask(sims, ~_group_masks(neg_def, members, r, np.arange(c0, c1)), -np.inf)
+                    part_ = comp[:, c0:c1]
+                    np.left_shift(rank_keys(sims), np.uint32(1), out=part_)
+                    part_ |= np.uint32(1)
+                    if cols is not None and c0 < na:    # columns that are symmetric queries
+                        e1 = min(c1, na) - c0
+                        kernels.column_counts(sims, e1, c0, col_thr, int(col_k[c0:c0 + e1].max()), cnt_cols)
+                    del sims
+                comp.sort(axis=1)
+                cnt = np.zeros((nb, kmax), dtype=np.int64)
+                if kernels is not None:
+                    kernels.sorted_counts(comp, cnt)
+                else:
+                    at = np.flatnonzero((comp & np.uint32(1)) == 0)
+                    rr, at = at // (m + kmax), at % (m + kmax)
+                    per = np.bincount(rr, minlength=nb)
+                    slot = np.arange(len(rr)) - (np.cumsum(per) - per)[rr]
+                    cnt[rr, slot] = at - slot                   # negatives ranked above
+                ap[s0 + b0:s0 + b1] = _rank_ap(cnt, kk[b0:b1])
+
+        nt = max(1, min(_n_threads(opts.threads), len(blocks)))
+        if nt > 1:          # one BLAS thread per worker (the limit is process-wide: set it once)
+            with _single_thread_blas():
+                _run_jobs(run, [blocks[i::nt] for i in range(nt)], opts.threads)
+        else:
+            run(blocks)
+        s0 = s1
+    return ap
 
 
 # ----------------------------------------------------------------------------------------------
@@ -427,8 +651,8 @@ def average_precision(
     # from symmetric tiles; their members come first in the unit-vector store, in tile order
     sym = _symmetric_groups(neg_def, n_pos, opts)
     in_sym = np.zeros(n, dtype=bool)
-    for members, na in sym:
-        in_sym[members[:na]] = True
+    for members, _ in sym:
+        in_sym[members[n_pos[members] > 0]] = True      # the other queries: sorted rows
     # other queries with positives, ordered by their negative-pair group so that a block's
     # negatives fall in few groups (one GEMM each); blocks bounded by their exact number of pairs
     queries = neg_def.query_order(np.flatnonzero((n_pos > 0) & ~in_sym))
@@ -445,8 +669,14 @@ def average_precision(
     sim = Similarity(xn, rows=perm, opts=opts)
     offset = 0
     for members, na in _progress(sym, "mAP: symmetric groups", show_progress):
-        q = members[:na]
-        ap[q] = _symmetric_group_ap(xn[offset:offset + len(members)], members, na, pos_def, neg_def, sim, opts)
+        xg = xn[offset:offset + len(members)]
+        many = na + np.flatnonzero(n_pos[members[na:]] > 0)       # the last members
+        # many-positive queries whose positives are all in the group (their similarities then
+        # come with the group's GEMM rows)
+        inner = (PairDefinition({c: codes[c][members] for c in pos_sameby + pos_diffby}, pos_sameby,
+                                pos_diffby, len(members)).count[many] == n_pos[members[many]]) if len(many) else many
+        ap[members[:na]], ap[members[many]] = _symmetric_group_ap(xg, members, na, many, inner, pos_def,
+                                                                  neg_def, sim, opts)
         offset += len(members)
     acc = np.cumsum(n_pos[queries] + n_neg[queries])
     cuts = [0]

@@ -9,12 +9,13 @@ observed AP. See the package docstring for the details.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from morphobench.evaluate.map.options import _n_threads, _progress, _run_jobs
+from morphobench.evaluate.map.options import _kernels, _n_threads, _progress, _run_jobs
 from morphobench.io import MorphobenchError
 
 DEFAULT_NULL_SIZE = 10_000
@@ -116,14 +117,36 @@ def _floyd_words(seed: int, n_pos: int, total: int, null_size: int) -> np.ndarra
     :func:`_floyd_nulls` (word t·null_size + s draws step t of list s)."""
     k, s = n_pos, null_size
     half = (k * s + 1) // 2
-    raw = _conf_bitgen(seed, k, total).random_raw(half)
+    bitgen = _conf_bitgen(seed, k, total)
     words = np.empty(2 * half, dtype=np.uint32)
-    np.right_shift(raw, np.uint64(32), out=words[:half], casting="unsafe")
-    np.bitwise_and(raw, np.uint64(0xFFFFFFFF), out=words[half:], casting="unsafe")
+    step = 1 << 20                 # raw outputs per chunk (bounded scratch)
+    hi_lo = (1, 0) if sys.byteorder == "little" else (0, 1)
+    for a in range(0, half, step):
+        b = min(half, a + step)
+        pair = bitgen.random_raw(b - a).view(np.uint32)      # (low, high) halves, little endian
+        words[a:b] = pair[hi_lo[0]::2]                        # high half of each output …
+        words[half + a:half + b] = pair[hi_lo[1]::2]          # … then the low halves
     return words[:k * s].reshape(k, s)
 
 
-def _floyd_bitmap_rows(words: np.ndarray, s0: int, m: int, n_pos: int, total: int) -> np.ndarray:
+def _bitmap_kernels(steps: int):
+    """The compiled kernels for ``steps`` Floyd steps of bitmap nulls, or None (NumPy steps):
+    when loaded, or when they save more than loading them costs (~50 ns a step)."""
+    return _kernels(None, saves_s=steps * 5e-8)
+
+
+def _floyd_bitmap_rows(words: np.ndarray, s0: int, m: int, n_pos: int, total: int, kernels=None) -> np.ndarray:
+    """Null APs of lists ``s0 … s0+m`` by Floyd's algorithm on one bitmap per list: the compiled
+    ``kernels`` (one list at a time, its bitmap in cache) or, without, the NumPy steps of
+    :func:`_floyd_bitmap_rows_numpy` — the same values."""
+    if kernels is None:
+        return _floyd_bitmap_rows_numpy(words, s0, m, n_pos, total)
+    out = np.empty(m)
+    kernels.floyd_bitmap_ap(words, s0, m, n_pos, total, out, kernels._DEBRUIJN)
+    return out
+
+
+def _floyd_bitmap_rows_numpy(words: np.ndarray, s0: int, m: int, n_pos: int, total: int) -> np.ndarray:
     """Null APs of lists ``s0 … s0+m`` by Floyd's algorithm on one bitmap per list (one bit per
     position; O(n_pos) vectorized steps); positions collected as drawn, sorted per list."""
     k = n_pos
@@ -158,9 +181,10 @@ def _floyd_bitmap_null(null_size: int, n_pos: int, total: int, seed: int, budget
     """Floyd's algorithm as in :func:`_floyd_nulls` (same words, same draws, same positions) for
     many positives, with a bitmap per list (:func:`_floyd_bitmap_rows`)."""
     words = _floyd_words(seed, n_pos, total, null_size)
+    kernels = _bitmap_kernels(n_pos * null_size)
     out = np.empty(null_size)
     for s0, m in _bitmap_chunks(null_size, total, budget=budget):
-        out[s0:s0 + m] = _floyd_bitmap_rows(words, s0, m, n_pos, total)
+        out[s0:s0 + m] = _floyd_bitmap_rows(words, s0, m, n_pos, total, kernels)
     return out
 
 
@@ -225,10 +249,12 @@ def _fast_nulls(confs: np.ndarray, null_size: int, seed: int, show_progress: boo
             out[idx] = _floyd_nulls(k, confs[idx, 1], null_size, seed)
         elif kind == "bitmap":
             s0, m = job[3:]
-            out[idx[0], s0:s0 + m] = _floyd_bitmap_rows(words[idx[0]], s0, m, k, int(confs[idx[0], 1]))
+            out[idx[0], s0:s0 + m] = _floyd_bitmap_rows(words[idx[0]], s0, m, k, int(confs[idx[0], 1]), kernels)
         else:
             out[idx[0]] = _large_null(null_size, k, int(confs[idx[0], 1]), seed)
 
+    # compiled Floyd steps (imported and loaded here, before the worker threads) when they pay off
+    kernels = _bitmap_kernels(sum(int(confs[i, 0]) for i in words) * null_size) if words else None
     jobs.sort(key=lambda j: -len(j[2]) * j[1] * (j[4] if j[0] == "bitmap" else null_size))  # big first
     _run_jobs(run, list(_progress(jobs, "mAP: nulls", show_progress)))
     return out

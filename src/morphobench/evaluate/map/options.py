@@ -8,7 +8,9 @@ Every option changes speed or memory only; the copairs equality tests run with f
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +20,7 @@ import numpy as np
 
 from morphobench.io import MorphobenchError, progress
 
-__all__ = ["MapOptions", "DEFAULT_OPTIONS"]
+__all__ = ["MapOptions", "DEFAULT_OPTIONS", "load_kernels"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,13 @@ class MapOptions:
         disables that path.
     tile : rows (= columns) of a symmetric tile, at most (groups of fewer than ~12 tiles per side
         use smaller ones).
+    compiled : the compiled (numba) kernels of symmetric tiles — float32 GEMMs counted exactly
+        (entries within the float32 error bound of a threshold decided in float64): True when
+        numba is importable, False never (NumPy float64 tiles; same results), None (default)
+        when already loaded (:func:`load_kernels`) or when the group is big enough to repay
+        loading them (about a second, once per process).
+    compiled_tile : rows (= columns) of a float32 symmetric tile on the compiled path, at most
+        (and at most ``tile``).
     """
 
     max_entries: int = 2_000_000
@@ -60,14 +69,16 @@ class MapOptions:
     blas_small: int = 1 << 26
     symmetric_min: int = 4096
     tile: int = 2048
+    compiled: bool | None = None
+    compiled_tile: int = 1024
 
     def __post_init__(self):
         if self.backend not in ("numpy", "torch"):
             raise MorphobenchError(f"unknown similarity backend {self.backend!r} (numpy | torch)")
         if self.ap_method not in ("auto", "compare", "sort"):
             raise MorphobenchError(f"ap_method must be auto | compare | sort, got {self.ap_method!r}")
-        if self.max_entries < 1 or self.tile < 1:
-            raise MorphobenchError("max_entries and tile must be ≥ 1")
+        if self.max_entries < 1 or self.tile < 1 or self.compiled_tile < 1:
+            raise MorphobenchError("max_entries, tile and compiled_tile must be ≥ 1")
         if self.threads is not None and self.threads < 1:
             raise MorphobenchError(f"threads must be ≥ 1, got {self.threads}")
 
@@ -115,6 +126,43 @@ def _scratch(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
     if buf is None or buf.size < size:
         buf = bufs[key] = np.empty(size, dtype=dtype)
     return buf[:size].reshape(shape)
+
+
+_KERNELS_MODULE = "morphobench.evaluate.map._kernels"
+_KERNELS_LOAD_S = 1.0       # order of the one-time cost of importing numba and loading the kernels
+_KERNELS_MISSING = False
+
+
+def _kernels(enabled: bool | None = True, saves_s: float | None = None):
+    """The compiled kernels (:mod:`morphobench.evaluate.map._kernels`), or None: when numba is
+    not importable, ``enabled`` is False, or — ``enabled`` None (auto) — when they are not loaded
+    yet and the estimated saving ``saves_s`` (seconds) is below the one-time cost of loading them
+    (the NumPy paths then run; same results)."""
+    global _KERNELS_MISSING
+    if enabled is False or _KERNELS_MISSING:
+        return None
+    mod = sys.modules.get(_KERNELS_MODULE)
+    if mod is not None:
+        return mod
+    if enabled is None and saves_s is not None and saves_s < _KERNELS_LOAD_S:
+        return None
+    try:
+        mod = importlib.import_module(_KERNELS_MODULE)
+    except ImportError:  # pragma: no cover - numba comes with umap-learn
+        _KERNELS_MISSING = True
+        return None
+    return mod
+
+
+def load_kernels() -> bool:
+    """Import numba and load (or compile and cache) the compiled kernels now — once per process,
+    about a second — so that later calls use them whatever their size (by default a call loads
+    them only when they save more than that). False when numba is not importable."""
+    mod = _kernels(True)
+    if mod is None:
+        return False
+    mod.warm_up()
+    return True
 
 
 def _n_threads(threads: int | None = None) -> int:
