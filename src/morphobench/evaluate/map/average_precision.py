@@ -23,6 +23,7 @@ from morphobench.evaluate.map.options import (
     _n_threads,
     _progress,
     _run_jobs,
+    _run_split,
     _single_thread_blas,
 )
 from morphobench.evaluate.map.pairs import PairDefinition, _as_list, encode_columns
@@ -373,33 +374,21 @@ def _symmetric_counts_f32(kernels, xg: np.ndarray, na: int, cut: int, thr: np.nd
     row_k = kq.astype(np.int64)
     col_thr, col_lo, col_hi = (np.ascontiguousarray(a.T) for a in (thr, lo, hi))
     t = max(1, min(opts.tile, opts.compiled_tile, max(256, -(-na // 12))))
-    jobs = _tile_jobs(na, m, t)
-    nt = max(1, min(_n_threads(opts.threads), len(jobs)))
-    parts = [jobs[i::nt] for i in range(nt)]
-    counts = [None] * nt
 
-    def run(i):
+    def run(part):
         cnt_rows = np.zeros((na, kmax), dtype=np.int64)
         cnt_cols = np.zeros((kmax, na), dtype=np.int64)
         buf = np.empty(t * t, dtype=np.float32)
-        for r0, r1, c0, c1 in parts[i]:
+        for r0, r1, c0, c1 in part:
             s = np.matmul(x32[r0:r1], x32[c0:c1].T, out=buf[:(r1 - r0) * (c1 - c0)].reshape(r1 - r0, c1 - c0))
             _tile_mask(s, r0, r1, c0, c1, runs, rest)
             col_kmax = int(kq[c0:c1].max()) if c0 > r0 and c1 <= na else 0
             kernels.tile_counts(s, xg, r0, c0, thr, lo, hi, row_k, cnt_rows,
                                 col_thr, col_lo, col_hi, col_kmax, cnt_cols)
         cnt_rows += cnt_cols.T
-        counts[i] = cnt_rows
+        return cnt_rows
 
-    if nt > 1:              # one BLAS thread per worker (the limit is process-wide: set it once)
-        with _single_thread_blas():
-            _run_jobs(run, list(range(nt)), opts.threads)
-    else:
-        run(0)
-    cnt = counts[0]
-    for c in counts[1:]:
-        cnt += c
-    return cnt
+    return _summed(_run_split(run, _tile_jobs(na, m, t), opts.threads))
 
 
 def _symmetric_counts_f64(xg: np.ndarray, na: int, thr: np.ndarray, kq: np.ndarray,
@@ -411,16 +400,12 @@ def _symmetric_counts_f64(xg: np.ndarray, na: int, thr: np.ndarray, kq: np.ndarr
     # tiles of at most opts.tile rows, smaller for small groups (the diagonal tiles compute both
     # triangles: about 12 tiles per side keep that waste under ~5 %)
     t = max(1, min(opts.tile, max(256, -(-na // 12))))
-    jobs = _tile_jobs(na, m, t)
-    nt = max(1, min(_n_threads(opts.threads), len(jobs)))
-    parts = [jobs[i::nt] for i in range(nt)]
-    counts = [None] * nt
 
-    def run(i):
+    def run(part):
         cnt = np.zeros((na, kmax), dtype=np.int64)
         buf = np.empty((t, t))
         hit = np.empty((t, t), dtype=bool)
-        for r0, r1, c0, c1 in parts[i]:
+        for r0, r1, c0, c1 in part:
             s = np.matmul(xg[r0:r1], xg[c0:c1].T, out=buf[:r1 - r0, :c1 - c0])
             _tile_mask(s, r0, r1, c0, c1, runs, rest)
             h = hit[:r1 - r0, :c1 - c0]
@@ -431,17 +416,17 @@ def _symmetric_counts_f64(xg: np.ndarray, na: int, thr: np.ndarray, kq: np.ndarr
                 for j in range(int(kq[c0:c1].max())):
                     np.greater(s, thr[c0:c1, j][None, :], out=h)
                     cnt[c0:c1, j] += h.view(np.uint8).sum(axis=0, dtype=np.uint32)
-        counts[i] = cnt
+        return cnt
 
-    if nt > 1:              # one BLAS thread per worker (the limit is process-wide: set it once)
-        with _single_thread_blas():
-            _run_jobs(run, list(range(nt)), opts.threads)
-    else:
-        run(0)
-    cnt = counts[0]
+    return _summed(_run_split(run, _tile_jobs(na, m, t), opts.threads))
+
+
+def _summed(counts: list[np.ndarray]) -> np.ndarray:
+    """The workers' count arrays added into the first (in place)."""
+    total = counts[0]
     for c in counts[1:]:
-        cnt += c
-    return cnt
+        total += c
+    return total
 
 
 def _rank_ap(cnt: np.ndarray, k: np.ndarray) -> np.ndarray:
@@ -565,12 +550,7 @@ def _group_rows_ap(xg: np.ndarray, members: np.ndarray, rows: np.ndarray, pos_de
                     cnt[rr, slot] = at - slot                   # negatives ranked above
                 ap[s0 + b0:s0 + b1] = _rank_ap(cnt, kk[b0:b1])
 
-        nt = max(1, min(_n_threads(opts.threads), len(blocks)))
-        if nt > 1:          # one BLAS thread per worker (the limit is process-wide: set it once)
-            with _single_thread_blas():
-                _run_jobs(run, [blocks[i::nt] for i in range(nt)], opts.threads)
-        else:
-            run(blocks)
+        _run_split(run, blocks, opts.threads)
         s0 = s1
     return ap
 

@@ -197,3 +197,21 @@ def _run_jobs(fn: Callable, jobs: Sequence, threads: int | None = None) -> None:
     with ThreadPoolExecutor(nt) as ex:
         for _ in ex.map(fn, jobs):
             pass
+
+
+def _run_split(fn: Callable, jobs: Sequence, threads: int | None = None) -> list:
+    """``fn(part)`` on ``jobs`` dealt round-robin to up to :func:`_n_threads` workers, each worker's
+    GEMMs on one BLAS thread (the limit is process-wide: set once around the pool); with one
+    worker a single call on every job, BLAS threads untouched. Returns the parts' results."""
+    nt = max(1, min(_n_threads(threads), len(jobs)))
+    parts = [jobs[i::nt] for i in range(nt)]
+    if nt == 1:
+        return [fn(parts[0])]
+    out = [None] * nt
+
+    def one(i):
+        out[i] = fn(parts[i])
+
+    with _single_thread_blas():
+        _run_jobs(one, list(range(nt)), threads)
+    return out
